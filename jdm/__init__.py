@@ -1,0 +1,12 @@
+"""jdm — Joint Diffusion Models, built up from scratch.
+
+A compact PyTorch package for the course: noise schedules, a UNet whose encoder features are
+exposed, DDPM/DDIM sampling, a Trainer, and (as the course grows) the joint diffusion model of
+Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered notebooks.
+"""
+from .schedule import NoiseSchedule
+from .utils import get_device, pick, quick_mode, seed_everything
+
+__version__ = "0.1.0"
+
+__all__ = ["NoiseSchedule", "get_device", "pick", "quick_mode", "seed_everything", "__version__"]

@@ -1,0 +1,109 @@
+"""A DDPM: a UNet noise predictor plus its noise schedule, with the training loss and sampling.
+
+``DiffusionModel`` is what the Trainer trains and checkpoints; the joint model extends it with a
+classifier head. ``build_model(spec)`` rebuilds a model from the plain dict ``model.spec()``
+returns, which is what a checkpoint stores next to the weights.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .sampling import sample_loop
+from .schedule import NoiseSchedule
+from .unet import UNet, UNetConfig
+
+__all__ = ["DiffusionModel", "build_model", "MODEL_KINDS"]
+
+
+class DiffusionModel(nn.Module):
+    """ε-prediction DDPM (Ho et al. 2020) around a ``UNet``.
+
+    Args:
+        unet: the noise predictor ε̂(x_t, t).
+        schedule: the noise schedule (its buffers move with ``.to()``).
+    """
+
+    kind = "ddpm"
+
+    def __init__(self, unet: UNet, schedule: NoiseSchedule) -> None:
+        super().__init__()
+        self.unet = unet
+        self.schedule = schedule
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        return (cfg.image_channels, cfg.image_size, cfg.image_size)
+
+    def spec(self) -> dict:
+        """A JSON-able description that ``build_model`` turns back into this architecture."""
+        return {"kind": self.kind, "unet": asdict(self.unet.config), "schedule": self.schedule.config()}
+
+    def _check_images(self, x: Tensor) -> None:
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"expected images of shape (N, {', '.join(map(str, self.image_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+    def diffusion_loss(self, x0: Tensor) -> Tensor:
+        """L_simple = E_{t, ε} ||ε − ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)||², averaged over pixels and batch
+        (DDPM Algorithm 1). x0: (N, C, H, W) in [-1, 1]. Returns a scalar."""
+        self._check_images(x0)
+        t = self.schedule.sample_timesteps(x0.shape[0]).to(x0.device)
+        noise = torch.randn_like(x0)
+        return F.mse_loss(self.unet(self.schedule.q_sample(x0, t, noise), t), noise)
+
+    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """The training loss and its parts: ``{"loss": total, "diffusion": L_simple}``.
+
+        ``y`` is accepted (and ignored) so every model trains through the same call.
+        """
+        diffusion = self.diffusion_loss(x0)
+        return {"loss": diffusion, "diffusion": diffusion}
+
+    def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The noise prediction ε̂(x_t, t): (N, C, H, W), (N,) → (N, C, H, W)."""
+        return self.unet(x_t, t)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        method: str = "ddim",
+        steps: int | None = 50,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Draw ``n`` images (n, C, H, W) in [-1, 1] (DDIM with ``steps`` steps, or ancestral DDPM
+        with ``method="ddpm", steps=None``)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        device = next(self.parameters()).device
+        if method == "ddpm" and steps == 50:  # the DDIM default does not apply to ancestral sampling
+            steps = None
+        return sample_loop(self.eps, self.schedule, (n, *self.image_shape), method=method,
+                           steps=steps, eta=eta, generator=generator, device=device,
+                           progress=progress)
+
+
+MODEL_KINDS: dict[str, type[DiffusionModel]] = {"ddpm": DiffusionModel}
+
+
+def build_model(spec: dict) -> DiffusionModel:
+    """Rebuild an (untrained) model from ``model.spec()``; load weights into it afterwards."""
+    try:
+        cls = MODEL_KINDS[spec["kind"]]
+        unet = UNet(UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                  for k, v in spec["unet"].items()}))
+        schedule = NoiseSchedule(**spec["schedule"])
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"not a valid model spec ({err!r}): {spec!r}") from err
+    extra = {k: v for k, v in spec.items() if k not in ("kind", "unet", "schedule")}
+    return cls(unet, schedule, **extra)

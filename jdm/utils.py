@@ -1,0 +1,63 @@
+"""Course plumbing: the one device helper, the one seeding helper and the one quick-mode switch.
+
+Quick mode (``JDM_QUICK=1`` in the environment) shrinks every training and sampling loop so the
+whole course executes in minutes on a CPU. It is read here and nowhere else: code asks
+``quick_mode()`` or ``pick(full=..., quick=...)``.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+__all__ = ["get_device", "seed_everything", "quick_mode", "pick"]
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """Return the best available device: CUDA, then Apple MPS, then CPU.
+
+    ``prefer`` ("cuda", "mps", "cpu" or e.g. "cuda:1") forces a choice; asking for a device that is
+    not available raises ``ValueError`` instead of silently falling back.
+    """
+    if prefer is not None:
+        device = torch.device(prefer)
+        available = {
+            "cpu": True,
+            "cuda": torch.cuda.is_available(),
+            "mps": torch.backends.mps.is_available(),
+        }.get(device.type, False)
+        if not available:
+            raise ValueError(f"device {prefer!r} is not available here; use 'cpu' or leave it unset")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, torch (CPU and every GPU) and return a CPU ``torch.Generator`` seeded alike.
+
+    NumPy is seeded too when it is installed (matplotlib brings it), so notebooks are repeatable.
+    """
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover - numpy ships with matplotlib
+        pass
+    return torch.Generator().manual_seed(seed)
+
+
+def quick_mode() -> bool:
+    """True when ``JDM_QUICK`` is set to 1/true/yes: loops shrink so everything runs in minutes."""
+    return os.environ.get("JDM_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pick(full, quick):
+    """Return ``quick`` in quick mode and ``full`` otherwise (e.g. ``steps = pick(5000, 50)``)."""
+    return quick if quick_mode() else full
