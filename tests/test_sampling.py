@@ -1,0 +1,47 @@
+"""Tests for jdm.sampling with an oracle noise predictor whose data set is a single image."""
+import pytest
+import torch
+
+from jdm.sampling import sample_loop
+from jdm.schedule import NoiseSchedule
+
+SCHEDULE = NoiseSchedule(100)
+TARGET = torch.linspace(-0.9, 0.9, 16).reshape(1, 1, 4, 4)
+
+
+def oracle(x_t, t):
+    """The exact ε̂ when the data distribution is a point mass at TARGET."""
+    return SCHEDULE.predict_eps(x_t, t, TARGET.expand_as(x_t))
+
+
+@pytest.mark.parametrize("method, steps", [("ddpm", None), ("ddim", 10), ("ddim", 1)])
+def test_samples_reach_the_data_point(method, steps):
+    x = sample_loop(oracle, SCHEDULE, (3, 1, 4, 4), method=method, steps=steps,
+                    generator=torch.Generator().manual_seed(0), progress=False)
+    assert x.shape == (3, 1, 4, 4)
+    assert torch.allclose(x, TARGET.expand(3, 1, 4, 4), atol=1e-3)
+
+
+def test_generator_makes_runs_repeatable():
+    def noisy(x_t, t):  # a predictor that is wrong, so the noise matters
+        return torch.zeros_like(x_t)
+
+    runs = [sample_loop(noisy, SCHEDULE, (2, 1, 4, 4), method="ddpm", progress=False,
+                        generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    assert runs[0].min() >= -1 and runs[0].max() <= 1
+
+
+def test_trajectory_and_partial_start():
+    x_T = SCHEDULE.q_sample(torch.zeros(2, 1, 4, 4), torch.full((2,), 30))
+    x, trajectory = sample_loop(oracle, SCHEDULE, (2, 1, 4, 4), method="ddim", steps=4, x_T=x_T,
+                                start_step=30, progress=False, return_trajectory=True)
+    assert len(trajectory) == 5 and torch.equal(trajectory[0], x_T)
+    assert torch.allclose(x, TARGET.expand(2, 1, 4, 4), atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs", [dict(method="euler"), dict(method="ddpm", steps=10),
+                                    dict(start_step=100), dict(x_T=torch.zeros(1, 1, 4, 4))])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        sample_loop(oracle, SCHEDULE, (2, 1, 4, 4), progress=False, **kwargs)

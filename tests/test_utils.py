@@ -1,0 +1,31 @@
+"""Tests for jdm.utils: device, seeding and the quick-mode switch."""
+import pytest
+import torch
+
+from jdm.utils import get_device, pick, quick_mode, seed_everything
+
+
+def test_get_device_returns_an_available_device():
+    device = get_device()
+    assert torch.zeros(1, device=device).device.type == device.type
+    assert get_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_an_error():
+    with pytest.raises(ValueError, match="not available"):
+        get_device("cuda")
+
+
+def test_seed_everything_repeats_draws():
+    g1 = seed_everything(7)
+    a, b = torch.randn(3), torch.randn(3, generator=g1)
+    g2 = seed_everything(7)
+    assert torch.equal(a, torch.randn(3)) and torch.equal(b, torch.randn(3, generator=g2))
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_quick_mode_switch(monkeypatch, value, expected):
+    monkeypatch.setenv("JDM_QUICK", value)
+    assert quick_mode() is expected
+    assert pick(full=1000, quick=10) == (10 if expected else 1000)
