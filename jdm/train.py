@@ -1,0 +1,446 @@
+"""Training: the ``Trainer`` loop, EMA, checkpoints and exact resume.
+
+    trainer = Trainer(model, images, labels, TrainConfig(steps=2000), out_dir="runs/fmnist")
+    history = trainer.fit()               # writes runs/fmnist/last.pt as it goes
+    history = trainer.fit(resume=True)    # after an interruption: continues exactly where it stopped
+
+Any ``nn.Module`` with ``loss(x0, y) -> {"loss": total, ...parts}`` and ``spec() -> dict`` trains
+here (``DiffusionModel``, the joint model, or a toy model in a test).
+
+Resume is *exact*: the Trainer draws its own batches from the in-memory tensors (epoch ``e`` is the
+permutation ``torch.randperm(N, generator=Generator().manual_seed(seed * 1_000_003 + e))``, step
+``k`` of an epoch takes batch ``k`` of it, the last incomplete batch is dropped), and a checkpoint
+holds the model, the EMA, the optimiser, the step and the global RNG state (the diffusion loss
+draws t and ε from it). A run interrupted and resumed ends with bit-identical weights.
+
+A checkpoint is plain data (``torch.load(path, weights_only=True)`` reads it):
+``{"format": "jdm-checkpoint", "version": 1, "spec", "train_config", "step", "model", "ema",
+"optimizer", "rng", "history", "train_seconds"}``. It is written atomically, so an interruption
+while saving never leaves a half-written ``last.pt``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from .utils import get_device, seed_everything
+
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "read_checkpoint",
+    "load_checkpoint_model",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+]
+
+CHECKPOINT_FORMAT = "jdm-checkpoint"
+CHECKPOINT_VERSION = 1
+
+# Changing these between an interrupted run and its resume changes the run itself (other batches,
+# another optimiser trajectory); the others (steps, logging, checkpointing) are safe to change.
+_TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "ema_decay", "ema_warmup", "grad_clip",
+                      "warmup_steps", "seed", "amp")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the paper: AdamW, lr 1e-4, EMA 0.9999).
+
+    Attributes:
+        steps: total optimiser steps of the run (a resumed run continues up to this number).
+        batch_size: images per step; must not exceed the dataset size.
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW weight decay.
+        ema_decay: EMA decay in [0, 1); 0 makes the EMA a copy of the model.
+        ema_warmup: use ``min(ema_decay, (1 + step) / (10 + step))`` so short runs get a useful
+            EMA (with 0.9999 and no warm-up the EMA still holds 37% of the random init after 10k
+            steps). Set False for a constant decay.
+        grad_clip: clip the global gradient norm to this (0 disables clipping).
+        warmup_steps: linear learning-rate warm-up over this many steps (0 = none).
+        log_every: add the mean loss parts to ``history`` every this many steps (and at the end).
+        eval_every: call ``eval_fn(trainer)`` every this many steps (0 = never).
+        checkpoint_every: write ``out_dir/last.pt`` every this many steps (0 = only at the end).
+        seed: seeds the global RNG at step 0 and the batch order.
+        amp: bf16 autocast for the forward pass; used only on CUDA.
+    """
+
+    steps: int = 10_000
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    log_every: int = 50
+    eval_every: int = 0
+    checkpoint_every: int = 1000
+    seed: int = 0
+    amp: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
+            (self.checkpoint_every >= 0,
+             f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite. ``step`` is the failing step, ``checkpoint`` the last good
+    checkpoint on disk (or None); that checkpoint is left untouched."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+def _plain(value, where: str):
+    """Turn a logged value into plain Python data (so checkpoints load with weights_only=True)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{where}: expected a number, got a tensor of shape {tuple(value.shape)}")
+        return float(value.item())
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, where) for k, v in value.items()}
+    try:  # numpy scalars and the like
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: cannot store {type(value).__name__} in the history; "
+                         "return numbers, strings, lists or dicts") from None
+
+
+def _json_plain(spec: dict) -> dict:
+    """Normalise a spec as a JSON round trip would (tuples → lists) so specs compare equal."""
+    return json.loads(json.dumps(spec))
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a jdm checkpoint onto the CPU with ``torch.load(weights_only=True)`` and check it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a jdm checkpoint, is truncated/corrupt, or is from a newer jdm.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; train one first (python -m jdm train "
+                                f"--out DIR writes DIR/last.pt) or pass the path of an existing one")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, garbage bytes, pickled code: all mean "unusable"
+        raise ValueError(f"not a jdm checkpoint or corrupt: {path} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); "
+                         "delete it or pass another") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"not a jdm checkpoint or corrupt: {path} (no format={CHECKPOINT_FORMAT!r} "
+                         "entry); delete it or pass another")
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a version {ckpt['version']} checkpoint; this jdm reads up to "
+                         f"version {CHECKPOINT_VERSION}: upgrade jdm")
+    return ckpt
+
+
+class Trainer:
+    """Train ``model`` on in-memory tensors with AdamW, gradient clipping, EMA and checkpoints.
+
+    Args:
+        model: an ``nn.Module`` with ``loss(x0, y) -> dict`` (key ``"loss"`` is backpropagated,
+            the other keys are logged) and ``spec() -> dict``. Moved to ``device``.
+        images: (N, C, H, W) float training images in [-1, 1]; stay where they are, each batch is
+            moved to ``device``.
+        labels: (N,) long labels, or None for unlabelled data (the model gets ``y=None``).
+        config: the ``TrainConfig``.
+        out_dir: folder for ``last.pt``; None trains without checkpoints.
+        eval_fn: ``eval_fn(trainer) -> dict`` called every ``config.eval_every`` steps; its numbers
+            go into ``history``. The model is put back in train mode afterwards.
+        device: where to train (default ``get_device()``).
+        progress: show a tqdm progress bar.
+
+    Attributes:
+        model, ema_model (``AveragedModel``; the averaged network is ``ema_model.module``),
+        optimizer, step (optimiser steps done), history (list of dicts, one per logged step).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        images: Tensor,
+        labels: Tensor | None,
+        config: TrainConfig,
+        out_dir: str | Path | None = None,
+        eval_fn=None,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            raise ValueError("images must be a float tensor of shape (N, C, H, W), got "
+                             f"{tuple(images.shape) if isinstance(images, Tensor) else type(images)}")
+        if labels is not None and (labels.dim() != 1 or labels.shape[0] != images.shape[0]):
+            raise ValueError(f"labels must have shape ({images.shape[0]},) to match the images, "
+                             f"got {tuple(labels.shape)}")
+        if config.batch_size > images.shape[0]:
+            raise ValueError(f"batch_size {config.batch_size} is larger than the dataset "
+                             f"({images.shape[0]} images); lower it or use more data")
+        if config.eval_every and eval_fn is None:
+            raise ValueError(f"eval_every={config.eval_every} but no eval_fn was given")
+        for name in ("loss", "spec"):
+            if not callable(getattr(model, name, None)):
+                raise ValueError(f"the model must have a {name}() method (see jdm.diffusion)")
+
+        self.config = config
+        self.device = device if isinstance(device, torch.device) else get_device(device)
+        self.model = model.to(self.device)
+        self.images, self.labels = images, labels
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.eval_fn = eval_fn
+        self.progress = progress
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.ema_model = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
+        self.step = 0
+        self.history: list[dict] = []
+        self.train_seconds = 0.0  # wall time spent in fit(), summed over resumes
+        self._epoch_perm: tuple[int, Tensor] | None = None
+
+    # ------------------------------------------------------------------------------ pieces
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``out_dir/last.pt``, or None without an ``out_dir``."""
+        return self.out_dir / "last.pt" if self.out_dir is not None else None
+
+    def ema_decay_now(self) -> float:
+        """The EMA decay used at the current step (see ``TrainConfig.ema_warmup``)."""
+        decay = self.config.ema_decay
+        if self.config.ema_warmup:
+            decay = min(decay, (1 + self.step) / (10 + self.step))
+        return decay
+
+    def _ema_update(self, ema_params: list[Tensor], params: list[Tensor], n_averaged: Tensor) -> None:
+        get_ema_multi_avg_fn(self.ema_decay_now())(ema_params, params, n_averaged)
+
+    def lr_now(self) -> float:
+        """The learning rate of the next step: linear warm-up, then constant."""
+        warmup = self.config.warmup_steps
+        return self.config.lr * (min(1.0, (self.step + 1) / warmup) if warmup else 1.0)
+
+    def batch_indices(self, step: int) -> Tensor:
+        """The dataset indices (batch_size,) of step ``step`` (0-based), a pure function of it."""
+        per_epoch = self.images.shape[0] // self.config.batch_size
+        epoch, k = divmod(step, per_epoch)
+        if self._epoch_perm is None or self._epoch_perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._epoch_perm = (epoch, torch.randperm(self.images.shape[0], generator=g))
+        bs = self.config.batch_size
+        return self._epoch_perm[1][k * bs:(k + 1) * bs]
+
+    # ------------------------------------------------------------------------------ training
+    def fit(self, resume: bool = False) -> list[dict]:
+        """Train until ``config.steps`` optimiser steps in total and return ``history``.
+
+        With ``resume=True``, ``out_dir/last.pt`` (if it exists) is loaded first and training
+        continues exactly from its step. Otherwise a run at step 0 seeds the global RNG with
+        ``config.seed``.
+
+        Raises:
+            TrainingDiverged: the loss became NaN/inf; ``last.pt`` keeps the last good state.
+        """
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+        elif self.step == 0:
+            seed_everything(self.config.seed)
+        cfg = self.config
+        use_amp = cfg.amp and self.device.type == "cuda"
+        sums: dict[str, Tensor] = {}
+        n_summed, t_window = 0, time.perf_counter()
+        self.model.train()
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="training", disable=not self.progress,
+                   dynamic_ncols=True)
+        try:
+            while self.step < cfg.steps:
+                t_step = time.perf_counter()
+                idx = self.batch_indices(self.step)
+                x = self.images[idx].to(self.device, non_blocking=True)
+                y = self.labels[idx].to(self.device, non_blocking=True) if self.labels is not None else None
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.lr_now()
+
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    parts = self.model.loss(x, y)
+                loss = parts["loss"]
+                if not torch.isfinite(loss):
+                    self._diverged(loss)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    parts = {**parts, "grad_norm": nn.utils.clip_grad_norm_(self.model.parameters(),
+                                                                            cfg.grad_clip)}
+                self.optimizer.step()
+                self.ema_model.update_parameters(self.model)
+                self.step += 1
+                self.train_seconds += time.perf_counter() - t_step
+
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0) + value.detach().float()
+                n_summed += 1
+                bar.update(1)
+                record: dict = {}
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    now = time.perf_counter()
+                    record.update({k: float(v) / n_summed for k, v in sums.items()})
+                    record["lr"] = self.optimizer.param_groups[0]["lr"]
+                    record["s/it"] = (now - t_window) / n_summed
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    sums, n_summed, t_window = {}, 0, now
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    record.update(_plain(self.eval_fn(self), "eval_fn result"))
+                    self.model.train()
+                if record:
+                    self.history.append({"step": self.step, **record})
+                if self.out_dir is not None and (
+                    self.step == cfg.steps
+                    or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                ):
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        return self.history
+
+    def _diverged(self, loss: Tensor) -> None:
+        path = self.checkpoint_path
+        good = path if path is not None and path.exists() else None
+        where = (f"the last good checkpoint is {good} (resume from it with a lower lr, or with "
+                 "fit(resume=True) after fixing the cause)" if good is not None
+                 else "no checkpoint was written before it")
+        raise TrainingDiverged(f"training diverged: loss is {loss.item()} at step {self.step + 1} "
+                               f"(after {self.step} good steps); {where}",
+                               step=self.step + 1, checkpoint=good)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def checkpoint(self) -> dict:
+        """The full training state as plain data (what ``save_checkpoint`` writes)."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "spec": _json_plain(self.model.spec()),
+            "train_config": asdict(self.config),
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng,
+            "history": _plain(self.history, "history"),
+            "train_seconds": float(self.train_seconds),
+        }
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write the training state atomically to ``path`` (default ``out_dir/last.pt``).
+
+        ``torch.save`` writes a temporary file in the same folder, which then replaces ``path`` in
+        one ``os.replace``: a crash mid-save leaves the previous checkpoint intact.
+        """
+        if path is None:
+            if self.checkpoint_path is None:
+                raise ValueError("no path given and the Trainer has no out_dir")
+            path = self.checkpoint_path
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.checkpoint(), f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore model, EMA, optimiser, step, history and RNG from a checkpoint.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: not a jdm checkpoint / corrupt, or saved from another architecture.
+        """
+        ckpt = read_checkpoint(path)
+        mine = _json_plain(self.model.spec())
+        if ckpt.get("spec") != mine:
+            raise ValueError(f"checkpoint {path} was saved from a different model:\n"
+                             f"  checkpoint spec: {ckpt.get('spec')}\n  this model's spec: {mine}\n"
+                             "build the model with the checkpoint's settings, or use another out_dir")
+        saved = ckpt.get("train_config", {})
+        changed = [f"{k}: {saved[k]!r} -> {getattr(self.config, k)!r}" for k in _TRAJECTORY_FIELDS
+                   if k in saved and saved[k] != getattr(self.config, k)]
+        if changed:
+            warnings.warn(f"resuming {path} with changed settings ({', '.join(changed)}): the run "
+                          "will not match an uninterrupted one", stacklevel=2)
+        self.model.load_state_dict(ckpt["model"])
+        self.ema_model.load_state_dict(ckpt["ema"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step = int(ckpt["step"])
+        self.history = list(ckpt.get("history", []))
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+
+def load_checkpoint_model(path: str | Path, ema: bool = True,
+                          device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild the model saved in a checkpoint (``build_model(ckpt["spec"])``) in eval mode.
+
+    Args:
+        path: a checkpoint written by ``Trainer`` (e.g. ``runs/x/last.pt``).
+        ema: load the EMA weights (what to sample from) instead of the raw ones.
+        device: where to put the model (default: the CPU).
+
+    Raises:
+        FileNotFoundError / ValueError: as ``read_checkpoint``.
+    """
+    from .diffusion import build_model  # here, not at the top: the Trainer itself needs no UNet
+
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["spec"])
+    if ema:
+        if "ema" not in ckpt:
+            raise ValueError(f"{path} has no EMA weights; load it with ema=False")
+        state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k != "n_averaged"}
+    else:
+        state = ckpt["model"]
+    model.load_state_dict(state)
+    return model.to(device if device is not None else "cpu").eval()
