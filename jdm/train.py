@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,8 +190,9 @@ class Trainer:
         progress: show a tqdm progress bar.
 
     Attributes:
-        model, ema_model (``AveragedModel``; the averaged network is ``ema_model.module``),
-        optimizer, step (optimiser steps done), history (list of dicts, one per logged step).
+        model; ema_model (an ``AveragedModel``, kept in eval mode; the averaged network is
+        ``ema_model.module``); optimizer; step (optimiser steps done); history (list of dicts, one
+        per logged step).
     """
 
     def __init__(
@@ -230,6 +231,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
         self.ema_model = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
+        self.ema_model.eval()  # only ever evaluated or sampled from (no dropout)
         self.step = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumes
@@ -380,13 +382,12 @@ class Trainer:
             path = self.checkpoint_path
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.checkpoint(), f)
+            torch.save(self.checkpoint(), tmp)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return path
 

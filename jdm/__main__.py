@@ -1,0 +1,285 @@
+"""The command line: ``python -m jdm <command>`` (or ``jdm <command>`` once installed).
+
+    python -m jdm train --config tiny --limit 256 --steps 3 --timesteps 50 --out runs/try
+    python -m jdm sample --checkpoint runs/try/last.pt --n 16 --out samples.png
+
+Each command is a pair of functions: ``add_<name>(subparsers)`` declares its flags and points
+``func`` at ``run_<name>(args)``, which returns the exit status. To add a command, write the pair
+and list ``add_<name>`` in ``COMMANDS``. ``ValueError``/``FileNotFoundError`` raised by a command
+become a one-line error and exit status 2; a diverged training run exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from .data import DATASETS
+from .train import TrainConfig, TrainingDiverged
+from .unet import UNET_PRESETS
+from .utils import get_device
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+_TRAIN = TrainConfig()  # its defaults are the CLI's defaults
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default in its help, unless there is none worth showing (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def hardware_string(device: torch.device) -> str:
+    """Where a run happened, for logs and checkpoint manifests, e.g. 'NVIDIA H100 …, torch 2.x'."""
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU {platform.processor() or platform.machine()}")
+    return (f"{name} ({device.type}), {os.cpu_count()} CPU cores, {platform.system()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def save_grid(images: torch.Tensor, path: str | Path) -> Path:
+    """Save images (N, C, H, W) in [-1, 1] as one roughly square grid image (PNG, JPEG, …)."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    if not path.suffix:
+        raise ValueError(f"{path} has no file extension; use e.g. samples.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=math.ceil(math.sqrt(images.shape[0])), normalize=True,
+               value_range=(-1, 1))
+    return path
+
+
+# ---------------------------------------------------------------------------------- train
+def add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a diffusion model and write a checkpoint, a sample grid and a log",
+        description="Train a model on a dataset. Writes OUT/last.pt (every --checkpoint-every "
+                    "steps and at the end), OUT/samples.png (EMA model, DDIM) and "
+                    "OUT/train_log.json (history, wall time, command, hardware).",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--model", choices=["ddpm"], default="ddpm",
+                   help="which model to train: ddpm = plain DDPM (ε-prediction UNet)")
+    p.add_argument("--config", choices=sorted(UNET_PRESETS), default="fmnist-small",
+                   help="UNet preset (jdm.unet.UNET_PRESETS); 'tiny' is for quick checks")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion_mnist",
+                   help="training set; Fashion-MNIST ships with the project, the others download")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N training images (quick runs); default: all")
+    p.add_argument("--steps", type=_positive_int, default=_TRAIN.steps,
+                   help="total optimiser steps (a resumed run continues up to this number)")
+    p.add_argument("--batch-size", type=_positive_int, default=_TRAIN.batch_size,
+                   help="images per optimiser step")
+    p.add_argument("--lr", type=float, default=_TRAIN.lr, help="AdamW learning rate")
+    p.add_argument("--warmup-steps", type=_non_negative_int, default=_TRAIN.warmup_steps,
+                   help="linear learning-rate warm-up over this many steps (0 = none)")
+    p.add_argument("--ema-decay", type=float, default=_TRAIN.ema_decay,
+                   help="EMA decay in [0, 1) (warmed up as min(decay, (1+step)/(10+step)))")
+    p.add_argument("--timesteps", type=_positive_int, default=1000,
+                   help="T, the number of diffusion steps")
+    p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
+                   help="noise schedule: linear β 1e-4→0.02 (DDPM) or cosine (Nichol & Dhariwal)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout inside the UNet's ResBlocks; default: the preset's value")
+    p.add_argument("--seed", type=int, default=_TRAIN.seed,
+                   help="seeds the weights, the batch order, the noise and the final samples")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder for last.pt, samples.png and train_log.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt (exactly where it stopped); same flags needed")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, mps or cpu; default: the best available")
+    p.add_argument("--checkpoint-every", type=_non_negative_int, default=_TRAIN.checkpoint_every,
+                   help="write OUT/last.pt every this many steps (0 = only at the end)")
+    p.add_argument("--log-every", type=_positive_int, default=_TRAIN.log_every,
+                   help="add the mean loss to the history every this many steps")
+    p.add_argument("--samples", type=_positive_int, default=64,
+                   help="number of images in OUT/samples.png")
+    p.add_argument("--sample-steps", type=_positive_int, default=50,
+                   help="DDIM steps for OUT/samples.png")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=run_train)
+
+
+def _build_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The untrained model the flags describe (checks the preset fits the dataset first)."""
+    from .diffusion import DiffusionModel
+    from .schedule import NoiseSchedule
+    from .unet import UNet
+
+    unet_config = UNET_PRESETS[args.config]
+    preset_shape = (unet_config.image_channels, unet_config.image_size, unet_config.image_size)
+    data_shape = DATASETS[args.dataset][1]
+    if preset_shape != data_shape:
+        fitting = sorted(n for n, c in UNET_PRESETS.items()
+                         if (c.image_channels, c.image_size, c.image_size) == data_shape)
+        raise ValueError(f"--config {args.config} is for {preset_shape} images but {args.dataset} "
+                         f"has {data_shape}; use one of {fitting or 'no preset yet'}")
+    if args.dropout is not None:
+        unet_config = replace(unet_config, dropout=args.dropout)
+    unet_config.validate()
+    return DiffusionModel(UNet(unet_config), NoiseSchedule(args.timesteps, args.schedule))
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .data import load_tensors
+    from .train import Trainer
+
+    start = time.perf_counter()
+    checkpoint = args.out / "last.pt"
+    if checkpoint.exists() and not args.resume:
+        raise ValueError(f"{checkpoint} already exists: pass --resume to continue that run, or "
+                         "choose another --out")
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
+                         log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                         seed=args.seed)
+    device = get_device(args.device)
+    torch.manual_seed(args.seed)  # the initial weights
+    model = _build_model(args)
+
+    images, labels = load_tensors(args.dataset, train=True)
+    if args.limit is not None:
+        if args.limit > images.shape[0]:
+            raise ValueError(f"--limit {args.limit} is more than the {images.shape[0]} training "
+                             f"images of {args.dataset}")
+        images, labels = images[:args.limit], labels[:args.limit]
+
+    trainer = Trainer(model, images, labels, config, out_dir=args.out, device=device,
+                      progress=not args.no_progress)
+    try:
+        history = trainer.fit(resume=args.resume)
+    except TrainingDiverged as err:
+        print(f"jdm train: {err}", file=sys.stderr)
+        return 1
+
+    ema = trainer.ema_model.module
+    samples = ema.sample(args.samples, method="ddim", steps=args.sample_steps,
+                         generator=torch.Generator().manual_seed(args.seed),
+                         progress=not args.no_progress)
+    grid = save_grid(samples.cpu(), args.out / "samples.png")
+    log = {
+        "command": "python -m jdm " + shlex.join(args.argv),
+        "hardware": hardware_string(device),
+        "wall_seconds": time.perf_counter() - start,
+        "train_seconds": trainer.train_seconds,
+        "steps": trainer.step,
+        "images": int(images.shape[0]),
+        "dataset": args.dataset,
+        "spec": model.spec(),
+        "train_config": asdict(config),
+        "history": history,
+    }
+    log_path = args.out / "train_log.json"
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    last = history[-1] if history else {}
+    print(f"trained {trainer.step} steps on {device} in {trainer.train_seconds:.1f} s"
+          + (f" (final loss {last['loss']:.4f})" if "loss" in last else ""))
+    print(f"wrote {checkpoint}, {grid}, {log_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- sample
+def add_sample(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sample", help="draw images from a trained checkpoint into one grid image",
+        description="Load a checkpoint written by 'jdm train' and save a grid of samples.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True,
+                   help="checkpoint file written by 'jdm train' (e.g. runs/x/last.pt)")
+    p.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
+                   help="ddim: few deterministic steps (Song et al.); ddpm: ancestral, all T steps")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="DDIM steps (default 50); not allowed with ddpm, which uses every step")
+    p.add_argument("--eta", type=float, default=0.0,
+                   help="DDIM noise: 0 = deterministic, 1 = as much noise as DDPM")
+    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    p.add_argument("--raw", action="store_true",
+                   help="use the raw trained weights instead of their EMA")
+    p.add_argument("--out", type=Path, required=True,
+                   help="image file for the grid; the extension picks the format (e.g. .png)")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, mps or cpu; default: the best available")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from .train import load_checkpoint_model
+
+    if args.method == "ddpm" and (args.steps is not None or args.eta != 0.0):
+        raise ValueError("--steps and --eta only apply to --method ddim; ancestral DDPM visits "
+                         "every timestep")
+    if not args.out.suffix:
+        raise ValueError(f"--out {args.out} has no file extension; use e.g. samples.png")
+    device = get_device(args.device)
+    model = load_checkpoint_model(args.checkpoint, ema=not args.raw, device=device)
+    steps = (args.steps or 50) if args.method == "ddim" else None
+    images = model.sample(args.n, method=args.method, steps=steps, eta=args.eta,
+                          generator=torch.Generator().manual_seed(args.seed),
+                          progress=not args.no_progress)
+    print(f"wrote {save_grid(images.cpu(), args.out)} ({args.n} images, {args.method}"
+          + (f", {steps} steps" if steps else "") + ")")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- entry point
+COMMANDS = [add_train, add_sample]
+"""Each adds one subcommand; later: explain, evaluate, demo."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jdm`` argument parser with every command in ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="jdm", description="Joint Diffusion Models, built up from scratch: train and use "
+                                "the course's models from the command line.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       help="run 'jdm COMMAND --help' for its flags")
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"jdm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

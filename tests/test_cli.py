@@ -1,0 +1,106 @@
+"""Tests for the command line (jdm.__main__): help texts, a tiny train → sample run, bad input."""
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+from torchvision.utils import make_grid
+
+from jdm.__main__ import build_parser, main
+from jdm.train import read_checkpoint
+
+QUICK = ["--config", "tiny", "--limit", "64", "--timesteps", "50", "--batch-size", "16",
+         "--samples", "4", "--sample-steps", "2", "--device", "cpu", "--no-progress"]
+
+
+def grid_size(n: int, nrow: int, side: int = 28) -> tuple[int, int]:
+    grid = make_grid(torch.zeros(n, 1, side, side), nrow=nrow)  # the layout save_image uses
+    return grid.shape[2], grid.shape[1]  # PIL's (width, height)
+
+
+def test_module_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "jdm", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "train" in out and "sample" in out
+
+
+@pytest.mark.parametrize("command", ["train", "sample"])
+def test_command_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_every_flag_is_explained():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            assert action.help and len(action.help) > 10, (name, action.option_strings)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", *QUICK, "--steps", "3", "--checkpoint-every", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_samples_and_log(trained):
+    assert read_checkpoint(trained / "last.pt")["step"] == 3
+    assert Image.open(trained / "samples.png").size == grid_size(4, nrow=2)
+    log = json.loads((trained / "train_log.json").read_text())
+    assert log["command"].startswith("python -m jdm train --config tiny")
+    assert log["steps"] == 3 and log["images"] == 64 and log["hardware"]
+    assert log["wall_seconds"] > 0 and log["history"][-1]["step"] == 3
+    assert log["spec"]["schedule"]["num_steps"] == 50
+
+
+def test_sample_from_checkpoint(trained, capsys):
+    out = trained / "grid.png"
+    assert main(["sample", "--checkpoint", str(trained / "last.pt"), "--n", "6", "--steps", "2",
+                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert Image.open(out).size == grid_size(6, nrow=3)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_train_refuses_to_overwrite_and_resumes(trained, capsys):
+    assert main(["train", *QUICK, "--steps", "4", "--out", str(trained)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", *QUICK, "--steps", "4", "--out", str(trained), "--resume"]) == 0
+    assert read_checkpoint(trained / "last.pt")["step"] == 4
+    # resuming with another architecture is refused, naming both
+    assert main(["train", *QUICK, "--steps", "5", "--timesteps", "60", "--out", str(trained),
+                 "--resume"]) == 2
+    assert "different model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train"], "--out"),                                           # required flag missing
+    (["train", "--config", "huge", "--out", "x"], "invalid choice"),
+    (["train", "--steps", "0", "--out", "x"], "positive integer"),
+    (["sample", "--checkpoint", "x.pt"], "--out"),
+    ([], "COMMAND"),
+])
+def test_bad_arguments_exit_nonzero(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "tiny", "--dataset", "cifar10", "--out", "{tmp}/a"], "cifar10"),
+    (["train", *QUICK, "--lr", "0", "--out", "{tmp}/b"], "lr must be > 0"),
+    (["train", *QUICK, "--limit", "10", "--out", "{tmp}/c"], "larger than the dataset"),
+    (["sample", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/s.png"], "no checkpoint at"),
+    (["sample", "--checkpoint", "{tmp}/m.pt", "--method", "ddpm", "--steps", "5",
+      "--out", "{tmp}/s.png"], "only apply to --method ddim"),
+])
+def test_bad_values_give_a_message(argv, message, tmp_path, capsys):
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jdm ") and message in err
