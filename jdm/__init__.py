@@ -4,9 +4,16 @@ A compact PyTorch package for the course: noise schedules, a UNet whose encoder 
 exposed, DDPM/DDIM sampling, a Trainer, and (as the course grows) the joint diffusion model of
 Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered notebooks.
 """
+from .diffusion import DiffusionModel, build_model
+from .pretrained import list_pretrained, load_pretrained
 from .schedule import NoiseSchedule
+from .unet import UNET_PRESETS, UNet, UNetConfig
 from .utils import get_device, pick, quick_mode, seed_everything
 
 __version__ = "0.1.0"
 
-__all__ = ["NoiseSchedule", "get_device", "pick", "quick_mode", "seed_everything", "__version__"]
+__all__ = [
+    "DiffusionModel", "NoiseSchedule", "UNET_PRESETS", "UNet", "UNetConfig", "build_model",
+    "get_device", "list_pretrained", "load_pretrained", "pick", "quick_mode", "seed_everything",
+    "__version__",
+]
