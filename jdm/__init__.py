@@ -7,13 +7,15 @@ Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered n
 from .diffusion import DiffusionModel, build_model
 from .pretrained import list_pretrained, load_pretrained
 from .schedule import NoiseSchedule
+from .train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model
 from .unet import UNET_PRESETS, UNet, UNetConfig
 from .utils import get_device, pick, quick_mode, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionModel", "NoiseSchedule", "UNET_PRESETS", "UNet", "UNetConfig", "build_model",
+    "DiffusionModel", "NoiseSchedule", "TrainConfig", "Trainer", "TrainingDiverged",
+    "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "load_checkpoint_model",
     "get_device", "list_pretrained", "load_pretrained", "pick", "quick_mode", "seed_everything",
     "__version__",
 ]

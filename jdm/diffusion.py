@@ -82,15 +82,21 @@ class DiffusionModel(nn.Module):
         progress: bool = True,
     ) -> Tensor:
         """Draw ``n`` images (n, C, H, W) in [-1, 1] (DDIM with ``steps`` steps, or ancestral DDPM
-        with ``method="ddpm", steps=None``)."""
+        with ``method="ddpm", steps=None``). Runs in eval mode (no dropout) whatever the model's
+        mode, and leaves that mode as it was."""
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         device = next(self.parameters()).device
         if method == "ddpm" and steps == 50:  # the DDIM default does not apply to ancestral sampling
             steps = None
-        return sample_loop(self.eps, self.schedule, (n, *self.image_shape), method=method,
-                           steps=steps, eta=eta, generator=generator, device=device,
-                           progress=progress)
+        was_training = self.training
+        self.eval()  # sampling with dropout on would be a silent bug; restore the mode afterwards
+        try:
+            return sample_loop(self.eps, self.schedule, (n, *self.image_shape), method=method,
+                               steps=steps, eta=eta, generator=generator, device=device,
+                               progress=progress)
+        finally:
+            self.train(was_training)
 
 
 MODEL_KINDS: dict[str, type[DiffusionModel]] = {"ddpm": DiffusionModel}

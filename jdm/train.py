@@ -331,6 +331,10 @@ class Trainer:
                     self.model.train()
                 if record:
                     self.history.append({"step": self.step, **record})
+                    if not self.progress:  # a background run still leaves a readable log
+                        print(f"step {self.step}/{cfg.steps} " + " ".join(
+                            f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)),
+                            flush=True)
                 if self.out_dir is not None and (
                     self.step == cfg.steps
                     or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)

@@ -68,3 +68,14 @@ def test_bad_input(model):
         model.sample(0)
     with pytest.raises(ValueError, match="not a valid model spec"):
         build_model({"kind": "gan"})
+
+
+def test_sample_runs_without_dropout_and_keeps_the_mode():
+    torch.manual_seed(0)
+    config = UNET_PRESETS["tiny"]
+    model = DiffusionModel(UNet(type(config)(**{**config.__dict__, "dropout": 0.5})), NoiseSchedule(20))
+    model.train()
+    a = model.sample(2, steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    b = model.sample(2, steps=3, generator=torch.Generator().manual_seed(0), progress=False)
+    assert torch.equal(a, b)  # dropout would make the two runs differ
+    assert model.training
