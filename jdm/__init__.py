@@ -4,7 +4,10 @@ A compact PyTorch package for the course: noise schedules, a UNet whose encoder 
 exposed, DDPM/DDIM sampling, a Trainer, and (as the course grows) the joint diffusion model of
 Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered notebooks.
 """
+from .classifier import ClassifierHead
 from .diffusion import DiffusionModel, build_model
+from .evaluator import EvaluatorNet
+from .joint import JointDiffusion
 from .pretrained import list_pretrained, load_pretrained
 from .schedule import NoiseSchedule
 from .train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model
@@ -14,8 +17,9 @@ from .utils import get_device, pick, quick_mode, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
-    "DiffusionModel", "NoiseSchedule", "TrainConfig", "Trainer", "TrainingDiverged",
-    "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "load_checkpoint_model",
+    "ClassifierHead", "DiffusionModel", "EvaluatorNet", "JointDiffusion", "NoiseSchedule",
+    "TrainConfig", "Trainer", "TrainingDiverged", "UNET_PRESETS", "UNet", "UNetConfig",
+    "build_model", "load_checkpoint_model",
     "get_device", "list_pretrained", "load_pretrained", "pick", "quick_mode", "seed_everything",
     "__version__",
 ]

@@ -85,8 +85,11 @@ def add_train(subparsers) -> None:
                     "steps and at the end), OUT/samples.png (EMA model, DDIM) and "
                     "OUT/train_log.json (history, wall time, command, hardware).",
         formatter_class=_HelpFormatter)
-    p.add_argument("--model", choices=["ddpm"], default="ddpm",
-                   help="which model to train: ddpm = plain DDPM (ε-prediction UNet)")
+    p.add_argument("--model", choices=["ddpm", "joint", "evaluator"], default="ddpm",
+                   help="which model to train: ddpm = plain DDPM (ε-prediction UNet); joint = "
+                        "joint diffusion (DDPM + classifier head on the shared encoder, needs "
+                        "labels); evaluator = the small CNN classifier used for metrics (ignores "
+                        "the UNet and diffusion flags)")
     p.add_argument("--config", choices=sorted(UNET_PRESETS), default="fmnist-small",
                    help="UNet preset (jdm.unet.UNET_PRESETS); 'tiny' is for quick checks")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion_mnist",
@@ -108,6 +111,23 @@ def add_train(subparsers) -> None:
                    help="noise schedule: linear β 1e-4→0.02 (DDPM) or cosine (Nichol & Dhariwal)")
     p.add_argument("--dropout", type=float, default=None,
                    help="dropout inside the UNet's ResBlocks; default: the preset's value")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="joint: weight α of the classification loss (L = L_simple + α·CE, both "
+                        "means); default jdm.joint.DEFAULT_ALPHA")
+    p.add_argument("--noise-aware", action="store_true",
+                   help="joint: also train the head on noisy (x_t, t) features (for guidance)")
+    p.add_argument("--augment", action="store_true",
+                   help="joint: random flip + translation of the classifier's clean images")
+    p.add_argument("--head-hidden", type=_positive_int, default=256,
+                   help="joint: hidden width of the classifier head's MLP")
+    p.add_argument("--head-dropout", type=float, default=0.1,
+                   help="joint: dropout in the classifier head")
+    p.add_argument("--test-limit", type=_positive_int, default=None,
+                   help="classifiers (joint, evaluator): measure test accuracy and ECE on the "
+                        "first N test images after training; default: the whole test split")
+    p.add_argument("--export", default=None, metavar="NAME",
+                   help="after training, ship the EMA weights as data/checkpoints/NAME.pt + "
+                        "NAME.json (manifest with this command and the test metrics)")
     p.add_argument("--seed", type=int, default=_TRAIN.seed,
                    help="seeds the weights, the batch order, the noise and the final samples")
     p.add_argument("--out", type=Path, required=True,
@@ -134,6 +154,12 @@ def _build_model(args: argparse.Namespace) -> torch.nn.Module:
     from .schedule import NoiseSchedule
     from .unet import UNet
 
+    if args.model == "evaluator":
+        from .evaluator import EvaluatorNet
+
+        channels, size, _ = DATASETS[args.dataset][1]
+        extra = {"dropout": args.dropout} if args.dropout is not None else {}
+        return EvaluatorNet(image_channels=channels, image_size=size, **extra)
     unet_config = UNET_PRESETS[args.config]
     preset_shape = (unet_config.image_channels, unet_config.image_size, unet_config.image_size)
     data_shape = DATASETS[args.dataset][1]
@@ -145,7 +171,33 @@ def _build_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.dropout is not None:
         unet_config = replace(unet_config, dropout=args.dropout)
     unet_config.validate()
-    return DiffusionModel(UNet(unet_config), NoiseSchedule(args.timesteps, args.schedule))
+    unet, schedule = UNet(unet_config), NoiseSchedule(args.timesteps, args.schedule)
+    if args.model == "joint":
+        from .joint import DEFAULT_ALPHA, JointDiffusion
+
+        alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
+        return JointDiffusion(unet, schedule, alpha=alpha, noise_aware=args.noise_aware,
+                              augment=args.augment, head_hidden=args.head_hidden, head_dropout=args.head_dropout)
+    return DiffusionModel(unet, schedule)
+
+
+@torch.no_grad()
+def _test_metrics(model: torch.nn.Module, dataset: str, limit: int | None,
+                  device: torch.device) -> dict:
+    """Test accuracy and ECE of a classifier (``classify(x)`` or ``forward(x)`` gives logits)."""
+    from .data import load_tensors
+    from .metrics import accuracy, expected_calibration_error
+
+    images, labels = load_tensors(dataset, train=False)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    model.eval()
+    logits_fn = getattr(model, "classify", model)
+    logits = torch.cat([logits_fn(images[i:i + 500].to(device)).float().cpu()
+                        for i in range(0, images.shape[0], 500)])
+    return {"test_accuracy": round(accuracy(logits, labels), 4),
+            "test_ece": round(expected_calibration_error(logits, labels), 4),
+            "test_images": int(images.shape[0])}
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -157,6 +209,8 @@ def run_train(args: argparse.Namespace) -> int:
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"{checkpoint} already exists: pass --resume to continue that run, or "
                          "choose another --out")
+    if args.model != "joint" and (args.alpha is not None or args.noise_aware or args.augment):
+        raise ValueError("--alpha, --noise-aware and --augment only apply to --model joint")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
@@ -181,12 +235,17 @@ def run_train(args: argparse.Namespace) -> int:
         return 1
 
     ema = trainer.ema_model.module
-    samples = ema.sample(args.samples, method="ddim", steps=args.sample_steps,
-                         generator=torch.Generator().manual_seed(args.seed),
-                         progress=not args.no_progress)
-    grid = save_grid(samples.cpu(), args.out / "samples.png")
+    written = [checkpoint]
+    if hasattr(ema, "sample"):  # the evaluator CNN does not generate
+        samples = ema.sample(args.samples, method="ddim", steps=args.sample_steps,
+                             generator=torch.Generator().manual_seed(args.seed),
+                             progress=not args.no_progress)
+        written.append(save_grid(samples.cpu(), args.out / "samples.png"))
+    metrics = (_test_metrics(ema, args.dataset, args.test_limit, device)
+               if args.model in ("joint", "evaluator") else {})
+    command = "python -m jdm " + shlex.join(args.argv)
     log = {
-        "command": "python -m jdm " + shlex.join(args.argv),
+        "command": command,
         "hardware": hardware_string(device),
         "wall_seconds": time.perf_counter() - start,
         "train_seconds": trainer.train_seconds,
@@ -196,13 +255,25 @@ def run_train(args: argparse.Namespace) -> int:
         "spec": model.spec(),
         "train_config": asdict(config),
         "history": history,
+        "test_metrics": metrics,
     }
     log_path = args.out / "train_log.json"
     log_path.write_text(json.dumps(log, indent=1) + "\n")
+    written.append(log_path)
     last = history[-1] if history else {}
     print(f"trained {trainer.step} steps on {device} in {trainer.train_seconds:.1f} s"
           + (f" (final loss {last['loss']:.4f})" if "loss" in last else ""))
-    print(f"wrote {checkpoint}, {grid}, {log_path}")
+    if metrics:
+        print(", ".join(f"{k} {v}" for k, v in metrics.items()))
+    if args.export:
+        from .pretrained import export_pretrained
+
+        if last:
+            metrics = {**metrics, "final_train_loss": round(last["loss"], 5)}
+        weights = export_pretrained(checkpoint, args.export, metrics, command,
+                                    hardware_string(device))
+        written += [weights, weights.with_suffix(".json")]
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

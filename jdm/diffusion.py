@@ -99,13 +99,20 @@ class DiffusionModel(nn.Module):
             self.train(was_training)
 
 
-MODEL_KINDS: dict[str, type[DiffusionModel]] = {"ddpm": DiffusionModel}
+MODEL_KINDS: dict[str, type[nn.Module]] = {"ddpm": DiffusionModel}
+"""kind → class; jdm.joint adds "joint" and jdm.evaluator "evaluator" (both imported by jdm)."""
 
 
-def build_model(spec: dict) -> DiffusionModel:
-    """Rebuild an (untrained) model from ``model.spec()``; load weights into it afterwards."""
+def build_model(spec: dict) -> nn.Module:
+    """Rebuild an (untrained) model from ``model.spec()``; load weights into it afterwards.
+
+    A class with a ``from_spec`` classmethod (e.g. the evaluator CNN, which has no UNet) builds
+    itself; the diffusion models get ``cls(unet, schedule, **other_spec_keys)``.
+    """
     try:
         cls = MODEL_KINDS[spec["kind"]]
+        if hasattr(cls, "from_spec"):
+            return cls.from_spec(spec)
         unet = UNet(UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
                                   for k, v in spec["unet"].items()}))
         schedule = NoiseSchedule(**spec["schedule"])
