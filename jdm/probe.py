@@ -57,7 +57,7 @@ def encoder_features(unet: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: in
 
 def fit_linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
                      num_classes: int | None = None, weight_decay: float = 1e-4,
-                     max_iter: int = 200) -> float:
+                     max_iter: int = 200, return_logits: bool = False) -> float | tuple[float, Tensor]:
     """Train a multinomial logistic regression on frozen features; return its test accuracy.
 
     Features are standardised with the training set's mean and standard deviation; the weights are
@@ -68,9 +68,10 @@ def fit_linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
         num_classes: default ``max(label) + 1``.
         weight_decay: the L2 penalty on the weights.
         max_iter: L-BFGS iterations.
+        return_logits: also return the probe's test logits (e.g. for calibration).
 
     Returns:
-        Test accuracy in [0, 1].
+        Test accuracy in [0, 1]; with ``return_logits``, (accuracy, test logits (N_test, K)).
     """
     if train_x.dim() != 2 or test_x.dim() != 2 or train_x.shape[1] != test_x.shape[1]:
         raise ValueError(f"features must be (N, D) with the same D, got {tuple(train_x.shape)} "
@@ -94,4 +95,6 @@ def fit_linear_probe(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: T
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        return (linear(test_x).argmax(1) == test_y).float().mean().item()
+        logits = linear(test_x)
+    accuracy = (logits.argmax(1) == test_y).float().mean().item()
+    return (accuracy, logits) if return_logits else accuracy

@@ -30,7 +30,9 @@ def test_probe_separates_separable_data_and_not_noise():
     y = torch.randint(0, 3, (600,), generator=g)
     centres = torch.randn(3, 8, generator=g) * 4
     x = centres[y] + torch.randn(600, 8, generator=g)
-    assert fit_linear_probe(x[:400], y[:400], x[400:], y[400:]) > 0.97
+    accuracy, logits = fit_linear_probe(x[:400], y[:400], x[400:], y[400:], return_logits=True)
+    assert accuracy > 0.97 and logits.shape == (200, 3)
+    assert accuracy == (logits.argmax(1) == y[400:]).float().mean().item()
     noise = torch.randn(600, 8, generator=g)
     assert fit_linear_probe(noise[:400], y[:400], noise[400:], y[400:]) < 0.5
 
