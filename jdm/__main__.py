@@ -125,6 +125,10 @@ def add_train(subparsers) -> None:
     p.add_argument("--test-limit", type=_positive_int, default=None,
                    help="classifiers (joint, evaluator): measure test accuracy and ECE on the "
                         "first N test images after training; default: the whole test split")
+    p.add_argument("--fd-samples", type=_non_negative_int, default=0,
+                   help="generative models on Fashion-MNIST: after training, draw this many DDIM "
+                        "samples and measure FD, precision and recall against as many test images "
+                        "in the shipped evaluator's feature space (0 = skip)")
     p.add_argument("--export", default=None, metavar="NAME",
                    help="after training, ship the EMA weights as data/checkpoints/NAME.pt + "
                         "NAME.json (manifest with this command and the test metrics)")
@@ -200,6 +204,41 @@ def _test_metrics(model: torch.nn.Module, dataset: str, limit: int | None,
             "test_images": int(images.shape[0])}
 
 
+@torch.no_grad()
+def _generation_metrics(model: torch.nn.Module, args: argparse.Namespace,
+                        device: torch.device) -> dict:
+    """Held-out L_simple (fixed seed) and, on Fashion-MNIST with the shipped evaluator, FD,
+    precision, recall and class balance of ``--fd-samples`` DDIM samples vs as many test images."""
+    from .data import load_tensors
+    from .metrics import class_balance, frechet_distance, precision_recall
+    from .pretrained import list_pretrained
+
+    images, _ = load_tensors(args.dataset, train=False)
+    if args.test_limit is not None:
+        images = images[:args.test_limit]
+    model.eval()
+    torch.manual_seed(0)  # the same t and ε for every model measured this way
+    losses = [model.diffusion_loss(images[i:i + 500].to(device)).item()
+              for i in range(0, images.shape[0], 500)]
+    metrics = {"test_loss": round(sum(losses) / len(losses), 5)}
+    n = min(args.fd_samples, images.shape[0])
+    if n < 2 or args.dataset != "fashion_mnist" or "evaluator-fmnist" not in list_pretrained():
+        return metrics
+    from .evaluator import load_evaluator
+
+    evaluator = load_evaluator(device)
+    samples = torch.cat([model.sample(min(250, n - i), steps=50, progress=False,
+                                      generator=torch.Generator().manual_seed(args.seed + i)).cpu()
+                         for i in range(0, n, 250)])
+    real, fake = evaluator.embed(images[:n]), evaluator.embed(samples)
+    balance = class_balance(evaluator.predict(samples), evaluator.num_classes)
+    metrics.update({"fd_evaluator": round(frechet_distance(real, fake), 3),
+                    **{k: round(v, 4) for k, v in precision_recall(real, fake).items()},
+                    "class_balance_entropy": round(balance["normalized_entropy"], 4),
+                    "fd_samples": n, "fd_sampler": "ddim-50"})
+    return metrics
+
+
 def run_train(args: argparse.Namespace) -> int:
     from .data import load_tensors
     from .train import Trainer
@@ -243,6 +282,8 @@ def run_train(args: argparse.Namespace) -> int:
         written.append(save_grid(samples.cpu(), args.out / "samples.png"))
     metrics = (_test_metrics(ema, args.dataset, args.test_limit, device)
                if args.model in ("joint", "evaluator") else {})
+    if hasattr(ema, "sample"):
+        metrics.update(_generation_metrics(ema, args, device))
     command = "python -m jdm " + shlex.join(args.argv)
     log = {
         "command": command,

@@ -13,7 +13,8 @@ from jdm.__main__ import build_parser, main
 from jdm.train import read_checkpoint
 
 QUICK = ["--config", "tiny", "--limit", "64", "--timesteps", "50", "--batch-size", "16",
-         "--samples", "4", "--sample-steps", "2", "--device", "cpu", "--no-progress"]
+         "--samples", "4", "--sample-steps", "2", "--device", "cpu", "--no-progress",
+         "--test-limit", "64"]
 
 
 def grid_size(n: int, nrow: int, side: int = 28) -> tuple[int, int]:
@@ -57,6 +58,16 @@ def test_train_writes_checkpoint_samples_and_log(trained):
     assert log["steps"] == 3 and log["images"] == 64 and log["hardware"]
     assert log["wall_seconds"] > 0 and log["history"][-1]["step"] == 3
     assert log["spec"]["schedule"]["num_steps"] == 50
+
+
+def test_generative_metrics_after_training(trained, tmp_path):
+    log = json.loads((trained / "train_log.json").read_text())
+    assert 0 < log["test_metrics"]["test_loss"] < 3  # held-out L_simple, always measured
+    out = tmp_path / "fd"
+    assert main(["train", *QUICK, "--steps", "1", "--fd-samples", "8", "--out", str(out)]) == 0
+    metrics = json.loads((out / "train_log.json").read_text())["test_metrics"]
+    assert metrics["fd_samples"] == 8 and metrics["fd_evaluator"] > 0
+    assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
 
 
 def test_sample_from_checkpoint(trained, capsys):
