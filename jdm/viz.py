@@ -42,7 +42,8 @@ def overview_figure(model, image: Tensor, n_samples: int = 10, seed: int = 0,
     """Two rows: ``image`` (1, C, H, W) noised by ``model``'s forward process at ten timesteps, and
     ``n_samples`` DDIM samples of ``model``. Saved to ``path`` when given."""
     schedule = model.schedule
-    ts = torch.linspace(0, schedule.num_steps - 1, 10).round().long()
+    # quadratic spacing: most of the visible change happens early (notebook 01)
+    ts = (torch.linspace(0, 1, 10) ** 2 * (schedule.num_steps - 1)).round().long()
     noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(seed))
     noised = schedule.q_sample(image.expand(len(ts), -1, -1, -1).cpu(), ts,
                                noise.expand(len(ts), -1, -1, -1))

@@ -28,7 +28,7 @@ def test_module_help_lists_commands():
     assert "train" in out and "sample" in out
 
 
-@pytest.mark.parametrize("command", ["train", "sample"])
+@pytest.mark.parametrize("command", ["train", "sample", "demo"])
 def test_command_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -115,3 +115,10 @@ def test_bad_values_give_a_message(argv, message, tmp_path, capsys):
     assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("jdm ") and message in err
+
+
+def test_demo_writes_the_overview_figure(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--n", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 500 and "ddpm-fmnist-small" in capsys.readouterr().out
+    assert main(["demo", "--model", "evaluator-fmnist", "--out", str(out)]) == 2
