@@ -187,7 +187,8 @@ class Trainer:
         eval_fn: ``eval_fn(trainer) -> dict`` called every ``config.eval_every`` steps; its numbers
             go into ``history``. The model is put back in train mode afterwards.
         device: where to train (default ``get_device()``).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar; without it, print one line per logged step (for logs
+            of background runs).
 
     Attributes:
         model; ema_model (an ``AveragedModel``, kept in eval mode; the averaged network is
