@@ -70,7 +70,6 @@ class DiffusionModel(nn.Module):
         """The noise prediction ε̂(x_t, t): (N, C, H, W), (N,) → (N, C, H, W)."""
         return self.unet(x_t, t)
 
-    @torch.no_grad()
     def sample(
         self,
         n: int,
@@ -84,6 +83,19 @@ class DiffusionModel(nn.Module):
         """Draw ``n`` images (n, C, H, W) in [-1, 1] (DDIM with ``steps`` steps, or ancestral DDPM
         with ``method="ddpm", steps=None``). Runs in eval mode (no dropout) whatever the model's
         mode, and leaves that mode as it was."""
+        return self.run_sampler(self.eps, n, method=method, steps=steps, eta=eta,
+                                generator=generator, progress=progress)
+
+    @torch.no_grad()
+    def run_sampler(self, eps_fn, n: int, *, method: str = "ddim", steps: int | None = 50,
+                    eta: float = 0.0, generator: torch.Generator | None = None,
+                    progress: bool = True, x_T: Tensor | None = None,
+                    start_step: int | None = None, return_trajectory: bool = False):
+        """``sample_loop`` with ``eps_fn`` on this model's schedule and device, in eval mode.
+
+        The shared body of every sampler (unconditional, conditional, counterfactual); the
+        arguments are ``sample_loop``'s. ``steps=50`` with ``method="ddpm"`` means "every step".
+        """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         device = next(self.parameters()).device
@@ -92,9 +104,10 @@ class DiffusionModel(nn.Module):
         was_training = self.training
         self.eval()  # sampling with dropout on would be a silent bug; restore the mode afterwards
         try:
-            return sample_loop(self.eps, self.schedule, (n, *self.image_shape), method=method,
+            return sample_loop(eps_fn, self.schedule, (n, *self.image_shape), method=method,
                                steps=steps, eta=eta, generator=generator, device=device,
-                               progress=progress)
+                               progress=progress, x_T=x_T, start_step=start_step,
+                               return_trajectory=return_trajectory)
         finally:
             self.train(was_training)
 

@@ -46,6 +46,9 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
+from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_INNER_STEPS, DEFAULT_REPRESENTATION_STEP,
+                       GUIDANCE, EpsFn, check_targets, classifier_guided_eps,
+                       representation_guided_eps)
 from .schedule import NoiseSchedule
 from .unet import Features, UNet
 
@@ -252,6 +255,44 @@ class JointDiffusion(DiffusionModel):
         """
         self._check_images(x)
         return self.head(self.unet.encode(x, self._timesteps(t, x.shape[0], x.device)))
+
+    def guided_eps(self, target: Tensor | int, n: int, *, guidance: str = "representation",
+                   scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS) -> EpsFn:
+        """The conditional noise predictor towards ``target`` for a batch of ``n`` images.
+
+        Args:
+            target: a class index, or (n,) class indices.
+            guidance: ``"representation"`` (optimised encoder features, the paper's sampler; see
+                ``jdm.sampling.representation_guided_eps``) or ``"classifier"`` (classifier
+                guidance with this model's head; ``classifier_guided_eps``).
+            scale: the step size γ (representation) or the guidance scale s (classifier); None
+                gives ``DEFAULT_REPRESENTATION_STEP`` / ``DEFAULT_CLASSIFIER_SCALE``.
+            inner_steps: feature updates per reverse step (representation only).
+        """
+        if guidance not in GUIDANCE:
+            raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
+        target = check_targets(target, n, self.num_classes, next(self.parameters()).device)
+        if guidance == "representation":
+            step = DEFAULT_REPRESENTATION_STEP if scale is None else scale
+            return representation_guided_eps(self, target, step_size=step, inner_steps=inner_steps)
+        return classifier_guided_eps(self, target,
+                                     scale=DEFAULT_CLASSIFIER_SCALE if scale is None else scale)
+
+    def sample(self, n: int, *, labels: Tensor | int | None = None, guidance: str = "representation",
+               scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
+               method: str = "ddim", steps: int | None = 50, eta: float = 0.0,
+               generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
+        """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
+
+        ``labels=None`` samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
+        tensor of class indices samples conditionally with ``guidance`` (see ``guided_eps`` for
+        ``guidance``, ``scale`` and ``inner_steps``). The sampler arguments are
+        ``DiffusionModel.sample``'s.
+        """
+        eps_fn = self.eps if labels is None else self.guided_eps(
+            labels, n, guidance=guidance, scale=scale, inner_steps=inner_steps)
+        return self.run_sampler(eps_fn, n, method=method, steps=steps, eta=eta,
+                                generator=generator, progress=progress)
 
     @torch.no_grad()
     def predict(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 512) -> Tensor:

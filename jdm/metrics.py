@@ -1,5 +1,6 @@
 """Evaluation metrics: classification (accuracy, calibration) and generation (Fréchet distance,
-precision/recall, class balance).
+precision/recall, class balance) and the conditional ones (class agreement, per-class Fréchet
+distance, how far a counterfactual moved).
 
 Generation metrics compare *feature vectors* of real and generated images. In this project the
 features come from the project's own Fashion-MNIST evaluator network (``jdm.evaluator``:
@@ -13,6 +14,9 @@ published FIDs.
     fd = frechet_distance(evaluator.embed(real), evaluator.embed(fake))
     pr = precision_recall(evaluator.embed(real), evaluator.embed(fake), k=3)
     bal = class_balance(evaluator.predict(fake), num_classes=10)
+    agree = class_agreement(evaluator.predict(conditional_samples), requested_labels)
+    fds = per_class_frechet(evaluator.embed(real), real_labels, evaluator.embed(fake), requested)
+    moved = image_distances(x, x_cf)           # counterfactuals: mean |Δ| per pixel, L2 per image
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["accuracy", "expected_calibration_error", "frechet_distance", "precision_recall",
-           "class_balance", "inception_fid"]
+           "class_balance", "class_agreement", "per_class_frechet", "image_distances",
+           "inception_fid"]
 
 
 def _check_logits(logits: Tensor, y: Tensor) -> None:
@@ -197,6 +202,70 @@ def class_balance(pred_labels: Tensor, num_classes: int) -> dict:
     return {"histogram": hist, "fractions": p.float(),
             "normalized_entropy": entropy / math.log(num_classes),
             "kl_to_uniform": max(math.log(num_classes) - entropy, 0.0)}
+
+
+def class_agreement(pred_labels: Tensor, requested: Tensor) -> float:
+    """Fraction of images whose predicted class is the requested one.
+
+    For conditional samples: ``pred_labels`` from an *independent* classifier (the evaluator), not
+    the model's own head, which the guidance optimised and may have fooled. For counterfactuals
+    this is the flip rate.
+
+    Args:
+        pred_labels: (N,) integer predictions; requested: (N,) integer target classes; N >= 1.
+    """
+    for name, v in (("pred_labels", pred_labels), ("requested", requested)):
+        if not isinstance(v, Tensor) or v.dim() != 1 or v.numel() == 0 or v.is_floating_point():
+            raise ValueError(f"{name} must be a non-empty integer tensor of shape (N,), got "
+                             f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
+    if pred_labels.shape != requested.shape:
+        raise ValueError(f"pred_labels and requested must have the same shape, got "
+                         f"{tuple(pred_labels.shape)} and {tuple(requested.shape)}")
+    return (pred_labels.cpu() == requested.cpu()).double().mean().item()
+
+
+def per_class_frechet(real_feats: Tensor, real_labels: Tensor, fake_feats: Tensor,
+                      fake_labels: Tensor) -> dict[int, float]:
+    """Fréchet distance between real and generated features, class by class.
+
+    Class c compares the real images labelled c with the samples *requested* as c, so a sampler
+    that draws good images of the wrong class scores badly. Classes with fewer than 2 images on
+    either side are left out. With few samples a class's FD is biased upwards (compare values
+    only at equal sample sizes).
+
+    Args:
+        real_feats: (N, D); real_labels: (N,) their classes.
+        fake_feats: (M, D); fake_labels: (M,) the requested classes.
+
+    Returns:
+        ``{class: FD}`` for every class present on both sides.
+    """
+    for feats, labels, name in ((real_feats, real_labels, "real"), (fake_feats, fake_labels, "fake")):
+        if not isinstance(labels, Tensor) or labels.shape != (feats.shape[0],) \
+                or labels.is_floating_point():
+            raise ValueError(f"{name}_labels must be an integer tensor of shape "
+                             f"({feats.shape[0]},), one label per feature row")
+    out = {}
+    real_labels, fake_labels = real_labels.cpu(), fake_labels.cpu()
+    for c in sorted(set(real_labels.tolist()) & set(fake_labels.tolist())):
+        real_c, fake_c = real_feats[real_labels == c], fake_feats[fake_labels == c]
+        if real_c.shape[0] >= 2 and fake_c.shape[0] >= 2:
+            out[int(c)] = frechet_distance(real_c, fake_c)
+    return out
+
+
+def image_distances(x: Tensor, x_new: Tensor) -> dict[str, float]:
+    """How far images moved, e.g. a counterfactual from its original (both (N, C, H, W), [-1, 1]).
+
+    Returns:
+        ``{"l1": mean |Δ| over all pixels (in [-1, 1] units, so at most 2),
+        "l2": mean over images of ‖Δ‖₂ (per image, over all its pixels)}``.
+    """
+    if x.shape != x_new.shape or x.dim() != 4 or x.shape[0] == 0:
+        raise ValueError(f"expected two non-empty image batches (N, C, H, W) of the same shape, "
+                         f"got {tuple(x.shape)} and {tuple(x_new.shape)}")
+    delta = (x_new.double() - x.double().to(x_new.device)).flatten(1)
+    return {"l1": delta.abs().mean().item(), "l2": delta.norm(dim=1).mean().item()}
 
 
 def inception_fid(real_images: Tensor, fake_images: Tensor, batch_size: int = 100,
