@@ -5,6 +5,7 @@ exposed, DDPM/DDIM sampling, a Trainer, and (as the course grows) the joint diff
 Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered notebooks.
 """
 from .classifier import ClassifierHead
+from .counterfactual import counterfactual, difference_map
 from .diffusion import DiffusionModel, build_model
 from .evaluator import EvaluatorNet
 from .joint import JointDiffusion
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClassifierHead", "DiffusionModel", "EvaluatorNet", "JointDiffusion", "NoiseSchedule",
     "TrainConfig", "Trainer", "TrainingDiverged", "UNET_PRESETS", "UNet", "UNetConfig",
-    "build_model", "load_checkpoint_model",
+    "build_model", "load_checkpoint_model", "counterfactual", "difference_map",
     "get_device", "list_pretrained", "load_pretrained", "pick", "quick_mode", "seed_everything",
     "__version__",
 ]

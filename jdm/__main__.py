@@ -405,9 +405,176 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- explain
+def _class_index(text: str, names: list[str]) -> int:
+    """A class given as an index ("0") or a name ("T-shirt/top", "t-shirt", case-insensitive)."""
+    if text.isdigit():
+        return int(text)  # the range is checked by the sampler, with the same message everywhere
+    lowered = {name.lower(): i for i, name in enumerate(names)}
+    lowered.update({name.lower().split("/")[0]: i for i, name in enumerate(names)})
+    if text.lower() not in lowered:
+        raise ValueError(f"unknown class {text!r}; use an index 0..{len(names) - 1} or one of: "
+                         + ", ".join(names))
+    return lowered[text.lower()]
+
+
+def _add_guidance_flags(p) -> None:
+    from .sampling import GUIDANCE
+
+    p.add_argument("--guidance", choices=GUIDANCE, default="representation",
+                   help="representation: optimise the shared encoder features (the paper's "
+                        "sampler); classifier: classifier guidance with the model's head")
+    p.add_argument("--scale", type=float, default=None,
+                   help="step size of the representation update / classifier guidance scale "
+                        "(default: jdm.sampling's DEFAULT_REPRESENTATION_STEP / "
+                        "DEFAULT_CLASSIFIER_SCALE)")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+    p.add_argument("--eta", type=float, default=None,
+                   help="DDIM noise (default: jdm.sampling.DEFAULT_CONDITIONAL_ETA)")
+    p.add_argument("--model", default="joint-fmnist-small",
+                   help="name of a shipped joint checkpoint (see jdm.list_pretrained())")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--device", default=None,
+                   help="cuda, cuda:1, mps or cpu; default: the best available")
+
+
+def add_explain(subparsers) -> None:
+    from .counterfactual import DEFAULT_T_STAR
+
+    p = subparsers.add_parser(
+        "explain", help="visual counterfactual explanations of test images, as one gallery PNG",
+        description="Noise Fashion-MNIST test images to step t* and run the joint model's "
+                    "conditional reverse process towards a target class (jdm.counterfactual); "
+                    "save originals, counterfactuals and their differences as one figure, and "
+                    "print what the independent evaluator network says before and after.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("--image-index", type=_non_negative_int, nargs="+", required=True,
+                   help="test-set indices of the images to explain")
+    p.add_argument("--target", nargs="+", required=True,
+                   help="target class (index or name, e.g. 0 or T-shirt): one for all images, or "
+                        "one per image")
+    p.add_argument("--t-star", type=_positive_int, default=DEFAULT_T_STAR,
+                   help="the step the images are noised to (of T = 1000): larger changes more")
+    _add_guidance_flags(p)
+    p.add_argument("--out", type=Path, default=Path("jdm-explain.png"),
+                   help="image file for the gallery (e.g. .png)")
+    p.set_defaults(func=run_explain)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from .counterfactual import counterfactual
+    from .data import CLASS_NAMES, load_tensors
+    from .evaluator import load_evaluator
+    from .metrics import image_distances
+    from .pretrained import load_pretrained
+    from .viz import counterfactual_gallery
+
+    names = CLASS_NAMES["fashion_mnist"]
+    if len(args.target) not in (1, len(args.image_index)):
+        raise ValueError(f"give one --target for all images or one per image "
+                         f"({len(args.image_index)}), got {len(args.target)}")
+    targets = [_class_index(t, names) for t in args.target] * (
+        len(args.image_index) if len(args.target) == 1 else 1)
+    device = get_device(args.device)
+    model = load_pretrained(args.model, device=device)
+    if not hasattr(model, "guided_eps"):
+        raise ValueError(f"{args.model!r} is not a joint model; counterfactuals need its classifier "
+                         "head (e.g. joint-fmnist-small)")
+    images, labels = load_tensors("fashion_mnist", train=False)
+    bad = [i for i in args.image_index if i >= images.shape[0]]
+    if bad:
+        raise ValueError(f"--image-index must be below {images.shape[0]}, got {bad}")
+    index = torch.tensor(args.image_index)
+    x, y = images[index], labels[index]
+    x_cf = counterfactual(model, x, torch.tensor(targets), t_star=args.t_star,
+                          guidance=args.guidance, scale=args.scale, steps=args.steps, eta=args.eta,
+                          generator=torch.Generator().manual_seed(args.seed)).cpu()
+    evaluator = load_evaluator(device)
+    before, after = evaluator.predict(x).tolist(), evaluator.predict(x_cf).tolist()
+    short = [n.split("/")[0] for n in names]
+    titles = [f"{short[a]} → {short[b]}" for a, b in zip(y.tolist(), targets)]
+    counterfactual_gallery(x, x_cf, titles, path=args.out)
+    for i, a, b, t, d in zip(args.image_index, before, after, targets,
+                             (x_cf - x).abs().flatten(1).mean(1).tolist()):
+        print(f"test image {i} ({names[int(labels[i])]}): evaluator {names[a]} → {names[b]} "
+              f"(target {names[t]}{', flipped' if b == t else ', not flipped'}); mean |Δ| {d:.3f}")
+    flips = sum(b == t for b, t in zip(after, targets))
+    print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
+          f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, {args.guidance} guidance)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def add_evaluate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="measure conditional samples or counterfactuals with the evaluator",
+        description="conditional: draw --per-class samples of every class and report the "
+                    "evaluator's agreement with the requested class, FD (overall and per class) "
+                    "and precision/recall. counterfactual: explain --n test images towards a "
+                    "random other class at each --t-star and report flip rate, L1/L2 distance "
+                    "and FD against real images of the target classes.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("what", choices=["conditional", "counterfactual"], help="what to measure")
+    p.add_argument("--per-class", type=_positive_int, default=100,
+                   help="conditional: samples per class")
+    p.add_argument("--n", type=_positive_int, default=1000,
+                   help="counterfactual: number of test images explained")
+    p.add_argument("--t-star", type=_positive_int, nargs="+", default=[400],
+                   help="counterfactual: noising step(s) t*")
+    p.add_argument("--batch-size", type=_positive_int, default=250, help="images per sampler call")
+    _add_guidance_flags(p)
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .data import load_tensors
+    from .evaluate import evaluate_conditional, evaluate_counterfactuals, other_class_targets
+    from .evaluator import load_evaluator
+    from .pretrained import load_pretrained
+
+    device = get_device(args.device)
+    model = load_pretrained(args.model, device=device)
+    if not hasattr(model, "guided_eps"):
+        raise ValueError(f"{args.model!r} is not a joint model (e.g. joint-fmnist-small)")
+    evaluator = load_evaluator(device)
+    test_x, test_y = load_tensors("fashion_mnist", train=False)
+    sampler = dict(guidance=args.guidance, scale=args.scale, steps=args.steps, eta=args.eta,
+                   seed=args.seed, batch_size=args.batch_size)
+    rows = []
+    if args.what == "conditional":
+        res = evaluate_conditional(model, evaluator, test_x, test_y, per_class=args.per_class,
+                                   **sampler)
+        rows.append({k: v for k, v in res.items() if k not in ("samples", "labels")})
+    else:
+        if args.n > test_x.shape[0]:
+            raise ValueError(f"--n must be at most {test_x.shape[0]}, got {args.n}")
+        targets = other_class_targets(test_y[:args.n], model.num_classes,
+                                      torch.Generator().manual_seed(args.seed))
+        for t_star in args.t_star:
+            res = evaluate_counterfactuals(model, evaluator, test_x[:args.n], test_y[:args.n],
+                                           targets, test_x, test_y, t_star=t_star,
+                                           exclude=torch.arange(args.n), **sampler)
+            rows.append({"t_star": t_star,
+                         **{k: v for k, v in res.items() if k != "counterfactuals"}})
+    report = {"what": args.what, "model": args.model, "command": "python -m jdm " +
+              shlex.join(args.argv), "hardware": hardware_string(device), "results": rows}
+    for row in rows:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                          if not isinstance(v, dict)}))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- entry point
-COMMANDS = [add_train, add_sample, add_demo]
-"""Each adds one subcommand; later: explain and evaluate."""
+COMMANDS = [add_train, add_sample, add_demo, add_explain, add_evaluate]
+"""Each adds one subcommand."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
-from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_INNER_STEPS, DEFAULT_REPRESENTATION_STEP,
+from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_CONDITIONAL_ETA, DEFAULT_INNER_STEPS, DEFAULT_REPRESENTATION_STEP,
                        GUIDANCE, EpsFn, check_targets, classifier_guided_eps,
                        representation_guided_eps)
 from .schedule import NoiseSchedule
@@ -280,15 +280,18 @@ class JointDiffusion(DiffusionModel):
 
     def sample(self, n: int, *, labels: Tensor | int | None = None, guidance: str = "representation",
                scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
-               method: str = "ddim", steps: int | None = 50, eta: float = 0.0,
+               method: str = "ddim", steps: int | None = 50, eta: float | None = None,
                generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
         """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
 
         ``labels=None`` samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
         tensor of class indices samples conditionally with ``guidance`` (see ``guided_eps`` for
         ``guidance``, ``scale`` and ``inner_steps``). The sampler arguments are
-        ``DiffusionModel.sample``'s.
+        ``DiffusionModel.sample``'s, except that ``eta=None`` means 0 (deterministic DDIM) without
+        labels and ``DEFAULT_CONDITIONAL_ETA`` (1) with them.
         """
+        if eta is None:
+            eta = 0.0 if labels is None else DEFAULT_CONDITIONAL_ETA
         eps_fn = self.eps if labels is None else self.guided_eps(
             labels, n, guidance=guidance, scale=scale, inner_steps=inner_steps)
         return self.run_sampler(eps_fn, n, method=method, steps=steps, eta=eta,

@@ -28,7 +28,7 @@ from .unet import Features
 
 __all__ = ["EpsFn", "sample_loop", "representation_guided_eps", "classifier_guided_eps",
            "check_targets", "GUIDANCE", "DEFAULT_REPRESENTATION_STEP", "DEFAULT_INNER_STEPS",
-           "DEFAULT_CLASSIFIER_SCALE"]
+           "DEFAULT_CLASSIFIER_SCALE", "DEFAULT_CONDITIONAL_ETA"]
 
 GUIDANCE = ("representation", "classifier")
 """The conditional samplers: optimised representations (the paper's) and classifier guidance."""
@@ -41,6 +41,15 @@ DEFAULT_INNER_STEPS = 1
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
 """Guidance scale s of ``classifier_guided_eps``."""
+
+DEFAULT_CONDITIONAL_ETA = 1.0
+"""DDIM η for conditional sampling (unconditional sampling keeps η = 0).
+
+Guided deterministic DDIM (η = 0) piles the guidance's small, head-fooling changes up over the
+steps; fresh noise at every step (η = 1) washes them out. On the shipped joint model, 100
+samples, DDIM-20, evaluator agreement with the requested class: representation guidance γ = 100,
+0.56 at η = 0 and 0.80 at η = 1; classifier guidance s = 30, 0.87 and 0.94.
+"""
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """A noise predictor: x_t (N, C, H, W), t (N,) → ε̂ (N, C, H, W)."""

@@ -1,0 +1,170 @@
+"""Measuring the conditional sampler and the counterfactuals of a joint model, by an independent judge.
+
+The model's own head cannot judge: the guidance optimised the images (or their features) for that
+very head, which may be fooled by changes no person would see. The judge is the project's
+evaluator CNN (``jdm.evaluator``), trained separately on real images; its 128-d embedding gives
+the Fréchet distances. Notebooks 06 and 07 and ``python -m jdm evaluate`` call these.
+
+    ev = load_evaluator()
+    res = evaluate_conditional(model, ev, test_x, test_y, per_class=100, guidance="classifier")
+    res["agreement"], res["fd"], res["fd_per_class"]
+    cf = evaluate_counterfactuals(model, ev, x, y, targets, test_x, test_y, t_star=400)
+    cf["flip_rate"], cf["l1"], cf["fd"]
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .counterfactual import DEFAULT_T_STAR, counterfactual
+from .metrics import (class_agreement, frechet_distance, image_distances, per_class_frechet,
+                      precision_recall)
+
+__all__ = ["evaluate_conditional", "evaluate_counterfactuals", "runner_up_targets",
+           "other_class_targets", "class_matched_indices"]
+
+
+@torch.no_grad()
+def runner_up_targets(model, images: Tensor, batch_size: int = 500) -> Tensor:
+    """The class the model's head ranks second for each (clean) image: (N,) long.
+
+    The natural question a counterfactual answers is "why this class and not the runner-up?"
+    (shirt rather than T-shirt, sneaker rather than ankle boot), so that is the default target.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        out = [model.classify(images[i:i + batch_size].to(device)).topk(2, dim=1).indices[:, 1].cpu()
+               for i in range(0, images.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def other_class_targets(labels: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
+    """A random target class different from each label, uniformly among the other classes: (N,)."""
+    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
+    return (labels.cpu() + shift) % num_classes
+
+
+def class_matched_indices(real_labels: Tensor, wanted: Tensor, generator: torch.Generator,
+                          exclude: Tensor | None = None) -> Tensor:
+    """Indices of real images with the class histogram of ``wanted`` (distinct, random), so a
+    Fréchet distance compares like with like. ``exclude``: indices not to pick (e.g. originals)."""
+    real_labels = real_labels.cpu()
+    allowed = torch.ones(len(real_labels), dtype=torch.bool)
+    if exclude is not None:
+        allowed[exclude.cpu()] = False
+    picked = []
+    for c, count in zip(*torch.unique(wanted.cpu(), return_counts=True)):
+        pool = torch.nonzero(allowed & (real_labels == c)).squeeze(1)
+        if len(pool) < count:
+            raise ValueError(f"only {len(pool)} real images of class {int(c)} to match {int(count)}")
+        picked.append(pool[torch.randperm(len(pool), generator=generator)[:count]])
+    return torch.cat(picked)
+
+
+def _batched(fn, n: int, batch_size: int, progress: bool, desc: str) -> Tensor:
+    out = []
+    for i in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        out.append(fn(slice(i, min(i + batch_size, n))).cpu())
+    return torch.cat(out)
+
+
+def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Tensor, *,
+                         per_class: int = 100, guidance: str = "representation",
+                         scale: float | None = None, steps: int = 50, eta: float | None = None,
+                         seed: int = 0, batch_size: int = 250,
+                         progress: bool = True) -> dict:
+    """Draw ``per_class`` conditional samples of every class and score them.
+
+    Args:
+        model: a ``JointDiffusion``.
+        evaluator: the judge (``load_evaluator()``), with ``predict`` and ``embed``.
+        real_images, real_labels: (N, C, H, W), (N,) real images (the test split) to compare with.
+        per_class: samples per class (>= 2, for the per-class FD).
+        guidance, scale, steps, eta: the sampler (``JointDiffusion.sample``); ``guidance=None``
+            samples unconditionally (then ``agreement`` is the chance level a sampler must beat).
+        seed: seeds the sampler's generator.
+        batch_size: images per sampler call.
+
+    Returns:
+        ``{"agreement": evaluator says the requested class, "agreement_per_class": {c: …},
+        "fd": FD of all samples vs an equal-size class-matched real set, "fd_per_class": {c: FD},
+        "precision", "recall", "seconds", "samples" (K, C, H, W), "labels" (K,)}``.
+    """
+    if per_class < 2:
+        raise ValueError(f"per_class must be >= 2 (the per-class FD needs two samples), got {per_class}")
+    labels = torch.arange(model.num_classes).repeat_interleave(per_class)
+    # interleave classes so that every batch holds all of them (no batch-order effects per class)
+    labels = labels.reshape(model.num_classes, per_class).T.reshape(-1)
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+
+    def draw(part: slice) -> Tensor:
+        chunk = labels[part]
+        return model.sample(len(chunk), labels=None if guidance is None else chunk,
+                            guidance=guidance or "representation", scale=scale, steps=steps,
+                            eta=eta, generator=generator, progress=False)
+
+    samples = _batched(draw, len(labels), batch_size, progress, "conditional samples")
+    seconds = time.perf_counter() - start
+    pred = evaluator.predict(samples).cpu()
+    real = class_matched_indices(real_labels, labels, torch.Generator().manual_seed(seed))
+    real_feats, fake_feats = evaluator.embed(real_images[real]), evaluator.embed(samples)
+    hits = (pred == labels)
+    return {
+        "agreement": class_agreement(pred, labels),
+        "agreement_per_class": {c: hits[labels == c].double().mean().item()
+                                for c in range(model.num_classes)},
+        "fd": frechet_distance(real_feats, fake_feats),
+        "fd_per_class": per_class_frechet(real_feats, real_labels.cpu()[real], fake_feats, labels),
+        **precision_recall(real_feats, fake_feats),
+        "seconds": seconds, "samples": samples, "labels": labels,
+    }
+
+
+def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
+                             real_images: Tensor, real_labels: Tensor, *,
+                             t_star: int = DEFAULT_T_STAR, guidance: str = "representation",
+                             scale: float | None = None, steps: int = 50, eta: float | None = None,
+                             seed: int = 0, batch_size: int = 250, exclude: Tensor | None = None,
+                             progress: bool = True) -> dict:
+    """Counterfactuals of ``images`` towards ``targets``, scored by the evaluator.
+
+    Args:
+        model, evaluator: as in ``evaluate_conditional``.
+        images, labels, targets: (N, C, H, W) originals, (N,) their classes, (N,) target classes.
+        real_images, real_labels: real images to draw the class-matched comparison set from.
+        t_star, guidance, scale, steps, eta: ``jdm.counterfactual``'s.
+        exclude: indices into ``real_images`` not to use for the comparison (the originals, when
+            they come from the same split).
+
+    Returns:
+        ``{"flip_rate": evaluator says the target, "kept_rate": evaluator still says the original
+        label, "l1": mean |Δ| per pixel, "l2": mean ‖Δ‖₂ per image, "fd": FD of the counterfactuals
+        vs real images of the target classes (class-matched), "seconds", "counterfactuals"}``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+
+    def explain(part: slice) -> Tensor:
+        return counterfactual(model, images[part], targets[part], t_star=t_star, guidance=guidance,
+                              scale=scale, steps=steps, eta=eta, generator=generator,
+                              progress=False)
+
+    cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={t_star}")
+    seconds = time.perf_counter() - start
+    pred = evaluator.predict(cfs).cpu()
+    real = class_matched_indices(real_labels, targets, torch.Generator().manual_seed(seed), exclude)
+    return {
+        "flip_rate": class_agreement(pred, targets),
+        "kept_rate": class_agreement(pred, labels),
+        **image_distances(images.cpu(), cfs),
+        "fd": frechet_distance(evaluator.embed(real_images[real]), evaluator.embed(cfs)),
+        "seconds": seconds, "counterfactuals": cfs,
+    }

@@ -1,0 +1,149 @@
+"""Tests for jdm.counterfactual, the gallery figure and the explain/evaluate commands."""
+import json
+
+import matplotlib
+import pytest
+import torch
+
+import jdm
+from jdm.__main__ import main
+from jdm.counterfactual import counterfactual, difference_map
+from jdm.evaluate import class_matched_indices, other_class_targets, runner_up_targets
+from jdm.joint import JointDiffusion
+from jdm.schedule import NoiseSchedule
+from jdm.unet import UNET_PRESETS, UNet
+from jdm.viz import counterfactual_gallery
+
+matplotlib.use("Agg")
+
+
+def make() -> JointDiffusion:
+    torch.manual_seed(0)
+    return JointDiffusion(UNet(UNET_PRESETS["tiny"]), NoiseSchedule(50), head_dropout=0.0).eval()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_public_api():
+    assert jdm.counterfactual is counterfactual and jdm.difference_map is difference_map
+
+
+@pytest.mark.parametrize("guidance", ["representation", "classifier"])
+def test_shapes_and_trajectory(images, guidance):
+    model = make()
+    x_cf, traj = counterfactual(model, images, torch.tensor([1, 2, 3]), t_star=20, steps=5,
+                                guidance=guidance, generator=torch.Generator().manual_seed(0),
+                                progress=False, return_trajectory=True)
+    assert x_cf.shape == images.shape and x_cf.min() >= -1 and x_cf.max() <= 1
+    assert len(traj) == 6 and all(t.shape == images.shape for t in traj)  # x_{t*} + 5 steps
+    assert difference_map(images, x_cf).shape == (3, 28, 28)
+
+
+def test_deterministic_with_a_generator(images):
+    model = make()
+    run = lambda seed: counterfactual(model, images, 4, t_star=15, steps=4,  # noqa: E731
+                                      generator=torch.Generator().manual_seed(seed), progress=False)
+    assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
+
+
+def test_small_t_star_stays_close(images):
+    """With little noise and no guidance the image barely changes; with more noise it moves more:
+    t* is the closeness knob."""
+    model = make()
+    dist = {}
+    for t_star in (1, 40):
+        x_cf = counterfactual(model, images, 0, t_star=t_star, scale=0.0, steps=t_star + 1,
+                              generator=torch.Generator().manual_seed(0), progress=False)
+        dist[t_star] = (x_cf - images).abs().mean().item()
+    assert dist[1] < 0.1 < dist[40]
+
+
+def test_batches_are_independent(images):
+    """An image's counterfactual depends on its own noise and target only, not on its batch: the
+    guidance gradient of one example never involves another (LayerNorm head, summed log-probs)."""
+    model = make()
+    both = counterfactual(model, images[:2], torch.tensor([5, 6]), t_star=10, steps=3,
+                          guidance="classifier", scale=5.0, eta=0.0,
+                          generator=torch.Generator().manual_seed(0), progress=False)
+    # same noise for the first image: draw the pair's noise, keep only the first image's
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 1, 28, 28, generator=g)[:1]
+    t = torch.full((1,), 10)
+    x_t = model.schedule.q_sample(images[:1], t, noise)
+    eps_fn = model.guided_eps(5, 1, guidance="classifier", scale=5.0)
+    alone = model.run_sampler(eps_fn, 1, steps=3, eta=0.0, x_T=x_t, start_step=10, progress=False)
+    torch.testing.assert_close(both[:1], alone, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"target": 10}, "target"),
+    ({"target": -1}, "target"),
+    ({"target": torch.tensor([1, 2])}, "shape"),
+    ({"target": 1, "t_star": 0}, "t_star"),
+    ({"target": 1, "t_star": 50}, "t_star"),
+    ({"target": 1, "guidance": "nope"}, "guidance"),
+])
+def test_bad_input_is_refused(images, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        counterfactual(make(), images, progress=False, **{"t_star": 20, **kwargs})
+
+
+def test_bad_images_are_refused(images):
+    model = make()
+    with pytest.raises(ValueError, match="shape"):
+        counterfactual(model, images[0], 1, progress=False)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        counterfactual(model, images * 3, 1, progress=False)
+    with pytest.raises(ValueError, match="same shape"):
+        difference_map(images, images[:2])
+
+
+def test_targets_helpers():
+    labels = torch.arange(10).repeat(20)
+    targets = other_class_targets(labels, 10, torch.Generator().manual_seed(0))
+    assert (targets != labels).all() and set(targets.tolist()) == set(range(10))
+    model = make()
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    runner = runner_up_targets(model, x)
+    with torch.no_grad():
+        logits = model.classify(x)
+    assert torch.equal(runner, logits.argsort(1, descending=True)[:, 1])
+    wanted = torch.tensor([3, 3, 7])
+    real_labels = torch.tensor([3, 7, 3, 3, 7, 1])
+    idx = class_matched_indices(real_labels, wanted, torch.Generator().manual_seed(0),
+                                exclude=torch.tensor([0]))
+    assert sorted(real_labels[idx].tolist()) == [3, 3, 7] and 0 not in idx.tolist()
+    with pytest.raises(ValueError, match="class 1"):
+        class_matched_indices(real_labels, torch.tensor([1, 1]), torch.Generator())
+
+
+def test_gallery(images, tmp_path):
+    fig = counterfactual_gallery(images, images.flip(0), ["a", "b", "c"], path=tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 0 and len(fig.axes) == 9
+    with pytest.raises(ValueError, match="title"):
+        counterfactual_gallery(images, images, ["a"])
+
+
+def test_explain_cli(tmp_path, capsys):
+    """The shipped joint model explains two test images; the gallery PNG is written."""
+    out = tmp_path / "explain.png"
+    assert main(["explain", "--image-index", "0", "1", "--target", "sneaker", "--steps", "3",
+                 "--t-star", "100", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.stat().st_size > 0 and "test image 1" in text and "flipped to the target" in text
+    assert main(["explain", "--image-index", "0", "--target", "hat", "--out", str(out)]) == 2
+    assert "unknown class" in capsys.readouterr().err
+    assert main(["explain", "--image-index", "0", "--target", "10", "--out", str(out)]) == 2
+    assert "0..9" in capsys.readouterr().err
+
+
+def test_evaluate_cli(tmp_path, capsys):
+    out = tmp_path / "cf.json"
+    assert main(["evaluate", "counterfactual", "--n", "4", "--t-star", "50", "100", "--steps", "2",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["t_star"] for r in report["results"]] == [50, 100]
+    assert all(0 <= r["flip_rate"] <= 1 and r["l1"] >= 0 for r in report["results"])
