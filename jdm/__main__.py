@@ -428,7 +428,7 @@ def _add_guidance_flags(p) -> None:
                    help="step size of the representation update / classifier guidance scale "
                         "(default: jdm.sampling's DEFAULT_REPRESENTATION_STEP / "
                         "DEFAULT_CLASSIFIER_SCALE)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps")
+    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps of the reverse process")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM noise (default: jdm.sampling.DEFAULT_CONDITIONAL_ETA)")
     p.add_argument("--model", default="joint-fmnist-small",
@@ -513,8 +513,8 @@ def add_evaluate(subparsers) -> None:
         "evaluate", help="measure conditional samples or counterfactuals with the evaluator",
         description="conditional: draw --per-class samples of every class and report the "
                     "evaluator's agreement with the requested class, FD (overall and per class) "
-                    "and precision/recall. counterfactual: explain --n test images towards a "
-                    "random other class at each --t-star and report flip rate, L1/L2 distance "
+                    "and precision/recall. counterfactual: explain the first --n test images "
+                    "towards --targets at each --t-star and report flip rate, L1/L2 distance "
                     "and FD against real images of the target classes.",
         formatter_class=_HelpFormatter)
     p.add_argument("what", choices=["conditional", "counterfactual"], help="what to measure")
@@ -522,8 +522,11 @@ def add_evaluate(subparsers) -> None:
                    help="conditional: samples per class")
     p.add_argument("--n", type=_positive_int, default=1000,
                    help="counterfactual: number of test images explained")
-    p.add_argument("--t-star", type=_positive_int, nargs="+", default=[400],
-                   help="counterfactual: noising step(s) t*")
+    p.add_argument("--t-star", type=_positive_int, nargs="+", default=None,
+                   help="counterfactual: noising step(s) t* (default: jdm.counterfactual's)")
+    p.add_argument("--targets", choices=["runner-up", "random"], default="runner-up",
+                   help="counterfactual: each image's target is the class the model ranks second, "
+                        "or a random other class")
     p.add_argument("--batch-size", type=_positive_int, default=250, help="images per sampler call")
     _add_guidance_flags(p)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
@@ -532,7 +535,8 @@ def add_evaluate(subparsers) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from .data import load_tensors
-    from .evaluate import evaluate_conditional, evaluate_counterfactuals, other_class_targets
+    from .evaluate import (evaluate_conditional, evaluate_counterfactuals, other_class_targets,
+                           runner_up_targets)
     from .evaluator import load_evaluator
     from .pretrained import load_pretrained
 
@@ -552,13 +556,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         if args.n > test_x.shape[0]:
             raise ValueError(f"--n must be at most {test_x.shape[0]}, got {args.n}")
-        targets = other_class_targets(test_y[:args.n], model.num_classes,
-                                      torch.Generator().manual_seed(args.seed))
-        for t_star in args.t_star:
+        from .counterfactual import DEFAULT_T_STAR
+
+        if args.targets == "runner-up":
+            targets = runner_up_targets(model, test_x[:args.n])
+        else:
+            targets = other_class_targets(test_y[:args.n], model.num_classes,
+                                          torch.Generator().manual_seed(args.seed))
+        for t_star in args.t_star or [DEFAULT_T_STAR]:
             res = evaluate_counterfactuals(model, evaluator, test_x[:args.n], test_y[:args.n],
                                            targets, test_x, test_y, t_star=t_star,
                                            exclude=torch.arange(args.n), **sampler)
-            rows.append({"t_star": t_star,
+            rows.append({"t_star": t_star, "targets": args.targets,
                          **{k: v for k, v in res.items() if k != "counterfactuals"}})
     report = {"what": args.what, "model": args.model, "command": "python -m jdm " +
               shlex.join(args.argv), "hardware": hardware_string(device), "results": rows}
