@@ -257,7 +257,8 @@ class JointDiffusion(DiffusionModel):
         return self.head(self.unet.encode(x, self._timesteps(t, x.shape[0], x.device)))
 
     def guided_eps(self, target: Tensor | int, n: int, *, guidance: str = "representation",
-                   scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS) -> EpsFn:
+                   scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
+                   levels: str = "lowest") -> EpsFn:
         """The conditional noise predictor towards ``target`` for a batch of ``n`` images.
 
         Args:
@@ -267,33 +268,35 @@ class JointDiffusion(DiffusionModel):
                 guidance with this model's head; ``classifier_guided_eps``).
             scale: the step size γ (representation) or the guidance scale s (classifier); None
                 gives ``DEFAULT_REPRESENTATION_STEP`` / ``DEFAULT_CLASSIFIER_SCALE``.
-            inner_steps: feature updates per reverse step (representation only).
+            inner_steps, levels: feature updates per reverse step, and which features move
+                (representation only; see ``representation_guided_eps``).
         """
         if guidance not in GUIDANCE:
             raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
         target = check_targets(target, n, self.num_classes, next(self.parameters()).device)
         if guidance == "representation":
             step = DEFAULT_REPRESENTATION_STEP if scale is None else scale
-            return representation_guided_eps(self, target, step_size=step, inner_steps=inner_steps)
+            return representation_guided_eps(self, target, step_size=step, inner_steps=inner_steps,
+                                             levels=levels)
         return classifier_guided_eps(self, target,
                                      scale=DEFAULT_CLASSIFIER_SCALE if scale is None else scale)
 
     def sample(self, n: int, *, labels: Tensor | int | None = None, guidance: str = "representation",
                scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
-               method: str = "ddim", steps: int | None = 50, eta: float | None = None,
+               levels: str = "lowest", method: str = "ddim", steps: int | None = 50, eta: float | None = None,
                generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
         """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
 
         ``labels=None`` samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
         tensor of class indices samples conditionally with ``guidance`` (see ``guided_eps`` for
-        ``guidance``, ``scale`` and ``inner_steps``). The sampler arguments are
+        ``guidance``, ``scale``, ``inner_steps`` and ``levels``). The sampler arguments are
         ``DiffusionModel.sample``'s, except that ``eta=None`` means 0 (deterministic DDIM) without
         labels and ``DEFAULT_CONDITIONAL_ETA`` (1) with them.
         """
         if eta is None:
             eta = 0.0 if labels is None else DEFAULT_CONDITIONAL_ETA
         eps_fn = self.eps if labels is None else self.guided_eps(
-            labels, n, guidance=guidance, scale=scale, inner_steps=inner_steps)
+            labels, n, guidance=guidance, scale=scale, inner_steps=inner_steps, levels=levels)
         return self.run_sampler(eps_fn, n, method=method, steps=steps, eta=eta,
                                 generator=generator, progress=progress)
 

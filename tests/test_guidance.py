@@ -19,7 +19,8 @@ def x0_log_prob(model, x_t, t, feats, target):
     return model.classify(x0).log_softmax(1).gather(1, target[:, None]).squeeze(1)
 
 
-def test_representation_step_moves_towards_the_target():
+@pytest.mark.parametrize("levels", ["lowest", "all"])
+def test_representation_step_moves_towards_the_target(levels):
     """The sign test: one feature update raises log p(target | x̂_0) for every example and every
     target, and lowers it when the step is negated (so the update is really the ascent)."""
     model = make()
@@ -30,7 +31,7 @@ def test_representation_step_moves_towards_the_target():
         for c in range(3):
             target = torch.full((8,), c)
             before = x0_log_prob(model, x_t, t, feats, target)
-            eps_up = representation_guided_eps(model, target, step_size=0.5)(x_t, t)
+            eps_up = representation_guided_eps(model, target, step_size=0.5, levels=levels)(x_t, t)
             # the clean image the guided ε̂ implies, judged by the same head
             after = model.classify(model.schedule.predict_x0(x_t, t, eps_up)) \
                 .log_softmax(1).gather(1, target[:, None]).squeeze(1)
@@ -41,7 +42,9 @@ def test_representation_step_moves_towards_the_target():
                 lp = x0_log_prob(model, x_t, t, Features(z[0], z[1:]), target).sum()
                 grads = torch.autograd.grad(lp, z)
             sigma = (1 - model.schedule.alpha_bars[t]).sqrt()[:, None, None, None]
-            down = [m - 0.5 * sigma * g for m, g in zip(z, grads)]
+            lowest = min(m.shape[-1] for m in z)
+            down = [m - 0.5 * sigma * g if levels == "all" or m.shape[-1] == lowest else m
+                    for m, g in zip(z, grads)]
             assert (x0_log_prob(model, x_t, t, Features(down[0], down[1:]), target) < before).all()
 
 
@@ -94,8 +97,9 @@ def test_guidance_changes_what_the_model_samples(guidance):
     model = make()
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     plain = model.sample(16, steps=5, eta=1.0, generator=g(), progress=False)
-    guided = model.sample(16, labels=0, guidance=guidance, scale=1000.0, steps=5, eta=1.0,
-                          generator=g(), progress=False)
+    # levels="all": this untrained model's lowest-resolution features alone barely move its head
+    guided = model.sample(16, labels=0, guidance=guidance, scale=1000.0, levels="all", steps=5,
+                          eta=1.0, generator=g(), progress=False)
     plain_share = (model.predict(plain) == 0).float().mean()
     assert plain_share < 0.3
     assert (model.predict(guided) == 0).float().mean() > plain_share + 0.5
@@ -119,8 +123,34 @@ def test_bad_guidance_arguments():
         model.guided_eps(1, 2, guidance="classifier", scale=float("nan"))
     with pytest.raises(ValueError, match="inner_steps"):
         model.guided_eps(1, 2, inner_steps=0)
+    with pytest.raises(ValueError, match="levels"):
+        model.guided_eps(1, 2, levels="middle")
 
 
 def test_check_targets():
     assert torch.equal(check_targets(2, 3, 10), torch.tensor([2, 2, 2]))
     assert check_targets(torch.tensor([1, 2], dtype=torch.int32), 2, 10).dtype == torch.long
+
+
+def test_lowest_level_moves_only_the_lowest_resolution_features():
+    """levels="lowest" gives the ε̂ of decoding features in which only the maps at the lowest
+    resolution differ from the encoder's: checked by moving exactly those by hand."""
+    model = make()
+    x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
+    with torch.no_grad():
+        feats = model.unet.encode(x_t, t)
+    z = [m.clone() for m in (feats.bottleneck, *feats.skips)]
+    lowest = min(m.shape[-1] for m in z)
+    moved = [i for i, m in enumerate(z) if m.shape[-1] == lowest]
+    assert 0 < len(moved) < len(z)
+    leaves = [z[i].requires_grad_(True) for i in moved]
+    x0 = model.schedule.predict_x0(x_t, t, model.unet.decode(Features(z[0], z[1:]), t))
+    log_p = model.classify(x0).log_softmax(1).gather(1, target[:, None]).sum()
+    grads = torch.autograd.grad(log_p, leaves)
+    sigma = (1 - model.schedule.alpha_bars[t]).sqrt()[:, None, None, None]
+    for i, g in zip(moved, grads):
+        z[i] = z[i] + 7.0 * sigma * g
+    with torch.no_grad():
+        expected = model.unet.decode(Features(z[0], z[1:]), t)
+    got = representation_guided_eps(model, target, step_size=7.0, levels="lowest")(x_t, t)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

@@ -4,6 +4,8 @@ import torch
 
 import jdm
 from jdm.data import load_tensors
+from jdm.evaluate import runner_up_targets
+from jdm.evaluator import load_evaluator
 from jdm.metrics import accuracy
 from jdm.pretrained import read_manifest
 
@@ -32,5 +34,32 @@ def test_joint_model_classifies(test_images):
     images, labels = test_images[0][:2000], test_images[1][:2000]
     with torch.no_grad():
         logits = torch.cat([model.classify(images[i:i + 500]) for i in range(0, 2000, 500)])
-    assert accuracy(logits, labels) >= 0.83  # the manifest: 0.854 on all 10,000
+    assert accuracy(logits, labels) >= 0.87  # the manifest: 0.891 on all 10,000
     assert model.noise_aware  # trained for guidance too (classify(x_t, t))
+
+
+@pytest.fixture(scope="module")
+def joint():
+    return jdm.load_pretrained("joint-fmnist-small")
+
+
+@pytest.mark.parametrize("guidance, minimum", [("classifier", 0.8), ("representation", 0.3)])
+def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
+    """3 samples a class, DDIM-10 (short, for CI), judged by the independent evaluator. Measured
+    when written: classifier 0.87–0.93, representation 0.43–0.50 over three seeds (chance: 0.1;
+    a sign error gives less). Full-size figures: README and notebook 06."""
+    labels = torch.arange(10).repeat(3)
+    x = joint.sample(30, labels=labels, guidance=guidance, steps=10,
+                     generator=torch.Generator().manual_seed(0), progress=False)
+    assert (load_evaluator().predict(x) == labels).float().mean() >= minimum
+
+
+def test_counterfactuals_flip_to_the_runner_up(joint, test_images):
+    """30 test images towards the class the model ranks second, t* = 300, classifier guidance,
+    DDIM-10. Measured when written: flip 0.97–1.00, mean |Δ| 0.25–0.30 over three seeds."""
+    x = test_images[0][:30]
+    targets = runner_up_targets(joint, x)
+    x_cf = jdm.counterfactual(joint, x, targets, t_star=300, guidance="classifier", steps=10,
+                              generator=torch.Generator().manual_seed(0), progress=False)
+    assert (load_evaluator().predict(x_cf) == targets).float().mean() >= 0.85
+    assert (x_cf - x).abs().mean() < 0.35
