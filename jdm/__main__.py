@@ -421,14 +421,18 @@ def _class_index(text: str, names: list[str]) -> int:
 def _add_guidance_flags(p) -> None:
     from .sampling import GUIDANCE
 
-    p.add_argument("--guidance", choices=GUIDANCE, default="representation",
+    p.add_argument("--guidance", choices=GUIDANCE, default=None,
                    help="representation: optimise the shared encoder features (the paper's "
-                        "sampler); classifier: classifier guidance with the model's head")
+                        "sampler); classifier: classifier guidance with the model's head. "
+                        "Default: representation for conditional samples; classifier for "
+                        "counterfactuals when the head is noise-aware (see jdm.counterfactual)")
     p.add_argument("--scale", type=float, default=None,
                    help="step size of the representation update / classifier guidance scale "
                         "(default: jdm.sampling's DEFAULT_REPRESENTATION_STEP / "
                         "DEFAULT_CLASSIFIER_SCALE)")
-    p.add_argument("--steps", type=_positive_int, default=50, help="DDIM steps of the reverse process")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="DDIM steps of the reverse process (default: 50 for samples, 20 over "
+                        "[0, t*] for counterfactuals)")
     p.add_argument("--eta", type=float, default=None,
                    help="DDIM noise (default: jdm.sampling.DEFAULT_CONDITIONAL_ETA)")
     p.add_argument("--model", default="joint-fmnist-small",
@@ -490,7 +494,8 @@ def run_explain(args: argparse.Namespace) -> int:
     index = torch.tensor(args.image_index)
     x, y = images[index], labels[index]
     x_cf = counterfactual(model, x, torch.tensor(targets), t_star=args.t_star,
-                          guidance=args.guidance, scale=args.scale, steps=args.steps, eta=args.eta,
+                          guidance=args.guidance, scale=args.scale, steps=args.steps or 20,
+                          eta=args.eta,
                           generator=torch.Generator().manual_seed(args.seed)).cpu()
     evaluator = load_evaluator(device)
     before, after = evaluator.predict(x).tolist(), evaluator.predict(x_cf).tolist()
@@ -503,7 +508,8 @@ def run_explain(args: argparse.Namespace) -> int:
               f"(target {names[t]}{', flipped' if b == t else ', not flipped'}); mean |Δ| {d:.3f}")
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
-          f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, {args.guidance} guidance)")
+          f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, "
+          f"{args.guidance or 'default'} guidance)")
     return 0
 
 
@@ -546,12 +552,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model!r} is not a joint model (e.g. joint-fmnist-small)")
     evaluator = load_evaluator(device)
     test_x, test_y = load_tensors("fashion_mnist", train=False)
-    sampler = dict(guidance=args.guidance, scale=args.scale, steps=args.steps, eta=args.eta,
-                   seed=args.seed, batch_size=args.batch_size)
+    sampler = dict(scale=args.scale, eta=args.eta, seed=args.seed, batch_size=args.batch_size)
     rows = []
     if args.what == "conditional":
         res = evaluate_conditional(model, evaluator, test_x, test_y, per_class=args.per_class,
-                                   **sampler)
+                                   guidance=args.guidance or "representation",
+                                   steps=args.steps or 50, **sampler)
         rows.append({k: v for k, v in res.items() if k not in ("samples", "labels")})
     else:
         if args.n > test_x.shape[0]:
@@ -566,6 +572,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for t_star in args.t_star or [DEFAULT_T_STAR]:
             res = evaluate_counterfactuals(model, evaluator, test_x[:args.n], test_y[:args.n],
                                            targets, test_x, test_y, t_star=t_star,
+                                           guidance=args.guidance, steps=args.steps or 20,
                                            exclude=torch.arange(args.n), **sampler)
             rows.append({"t_star": t_star, "targets": args.targets,
                          **{k: v for k, v in res.items() if k != "counterfactuals"}})

@@ -14,7 +14,7 @@ changed.
 
 Depends on torch plus ``jdm.sampling`` (``check_targets``); the model is a ``JointDiffusion``.
 
-    x_cf = counterfactual(model, x, target=0, t_star=400, generator=torch.Generator().manual_seed(0))
+    x_cf = counterfactual(model, x, target=0, t_star=275, generator=torch.Generator().manual_seed(0))
     diff = difference_map(x, x_cf)            # (N, H, W), signed
 """
 from __future__ import annotations
@@ -26,8 +26,13 @@ from .sampling import DEFAULT_CONDITIONAL_ETA, check_targets
 
 __all__ = ["counterfactual", "difference_map", "DEFAULT_T_STAR"]
 
-DEFAULT_T_STAR = 400
-"""Default noising step t* out of T = 1000 (notebook 07 measures flip rate and closeness against t*)."""
+DEFAULT_T_STAR = 275
+"""Default noising step t* out of T = 1000; notebook 07 measures flip rate and closeness against t*.
+
+On ``joint-fmnist-small`` (2,250 training steps), 200 test images towards the class the model ranks
+second, classifier guidance, DDIM-20: t* = 200 flips 0.82 (evaluator) with mean |Δ| 0.18; 250:
+0.89, 0.21; 275: 0.93, 0.23; 300: 0.94, 0.25.
+"""
 
 
 def counterfactual(
@@ -36,11 +41,11 @@ def counterfactual(
     target: Tensor | int,
     *,
     t_star: int = DEFAULT_T_STAR,
-    guidance: str = "representation",
+    guidance: str | None = None,
     scale: float | None = None,
     inner_steps: int | None = None,
     method: str = "ddim",
-    steps: int | None = 50,
+    steps: int | None = 20,
     eta: float | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -54,8 +59,12 @@ def counterfactual(
         target: the class to move to: an int, or (N,) class indices.
         t_star: the step x is noised to, 1 <= t_star < T. Larger: more change.
         guidance, scale, inner_steps: the conditional sampler (``JointDiffusion.guided_eps``).
+            ``guidance=None``: ``"classifier"`` for a model with a noise-aware head (on the
+            shipped model it flips far more images at the same closeness: notebook 07), else
+            ``"representation"``.
         method, steps, eta: the reverse process (``sample_loop``); DDIM ``steps`` are spread
-            over [0, t_star], so ``steps`` >= t_star + 1 means every step. ``eta=None``: the
+            over [0, t_star] (20 steps over t* ≈ 300 are as far apart as DDIM-50's over all
+            1000), so ``steps`` >= t_star + 1 means every step. ``eta=None``: the
             conditional sampler's default, ``jdm.sampling.DEFAULT_CONDITIONAL_ETA``.
         generator: draws the forward-process noise (and DDPM/η > 0 noise): same generator state,
             same counterfactuals.
@@ -79,6 +88,8 @@ def counterfactual(
     n = x.shape[0]
     device = next(model.parameters()).device
     target = check_targets(target, n, model.num_classes, device)
+    if guidance is None:
+        guidance = "classifier" if getattr(model, "noise_aware", False) else "representation"
     kwargs = {} if inner_steps is None else {"inner_steps": inner_steps}
     eps_fn = model.guided_eps(target, n, guidance=guidance, scale=scale, **kwargs)
 
@@ -89,7 +100,7 @@ def counterfactual(
     x_t = model.schedule.q_sample(x.to(device), t, noise.to(device))
     eta = DEFAULT_CONDITIONAL_ETA if eta is None else eta
     if method == "ddim":
-        steps = min(50 if steps is None else steps, t_star + 1)
+        steps = min(20 if steps is None else steps, t_star + 1)
     return model.run_sampler(eps_fn, n, method=method, steps=steps, eta=eta, generator=generator,
                              progress=progress, x_T=x_t, start_step=t_star,
                              return_trajectory=return_trajectory)

@@ -8,7 +8,7 @@ the Fréchet distances. Notebooks 06 and 07 and ``python -m jdm evaluate`` call 
     ev = load_evaluator()
     res = evaluate_conditional(model, ev, test_x, test_y, per_class=100, guidance="classifier")
     res["agreement"], res["fd"], res["fd_per_class"]
-    cf = evaluate_counterfactuals(model, ev, x, y, targets, test_x, test_y, t_star=400)
+    cf = evaluate_counterfactuals(model, ev, x, y, targets, test_x, test_y, t_star=275)
     cf["flip_rate"], cf["l1"], cf["fd"]
 """
 from __future__ import annotations
@@ -130,8 +130,8 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
 def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
                              real_images: Tensor, real_labels: Tensor, *,
-                             t_star: int = DEFAULT_T_STAR, guidance: str = "representation",
-                             scale: float | None = None, steps: int = 50, eta: float | None = None,
+                             t_star: int = DEFAULT_T_STAR, guidance: str | None = None,
+                             scale: float | None = None, steps: int = 20, eta: float | None = None,
                              seed: int = 0, batch_size: int = 250, exclude: Tensor | None = None,
                              progress: bool = True) -> dict:
     """Counterfactuals of ``images`` towards ``targets``, scored by the evaluator.
