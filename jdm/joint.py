@@ -46,9 +46,9 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
-from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_CONDITIONAL_ETA, DEFAULT_INNER_STEPS, DEFAULT_REPRESENTATION_STEP,
-                       GUIDANCE, EpsFn, check_targets, classifier_guided_eps,
-                       representation_guided_eps)
+from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_CONDITIONAL_ETA, DEFAULT_INNER_STEPS,
+                       DEFAULT_REPRESENTATION_STEP, GUIDANCE, EpsFn, check_targets,
+                       classifier_guided_eps, representation_guided_eps)
 from .schedule import NoiseSchedule
 from .unet import Features, UNet
 
@@ -281,9 +281,10 @@ class JointDiffusion(DiffusionModel):
         return classifier_guided_eps(self, target,
                                      scale=DEFAULT_CLASSIFIER_SCALE if scale is None else scale)
 
-    def sample(self, n: int, *, labels: Tensor | int | None = None, guidance: str = "representation",
-               scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
-               levels: str = "lowest", method: str = "ddim", steps: int | None = 50, eta: float | None = None,
+    def sample(self, n: int, *, labels: Tensor | int | None = None,
+               guidance: str = "representation", scale: float | None = None,
+               inner_steps: int = DEFAULT_INNER_STEPS, levels: str = "lowest",
+               method: str = "ddim", steps: int | None = 50, eta: float | None = None,
                generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
         """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
 
