@@ -7,6 +7,7 @@ Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered n
 from .classifier import ClassifierHead
 from .counterfactual import counterfactual, difference_map
 from .diffusion import DiffusionModel, build_model
+from .encoder_classifier import EncoderClassifier
 from .evaluator import EvaluatorNet
 from .joint import JointDiffusion
 from .pretrained import list_pretrained, load_pretrained
@@ -18,7 +19,7 @@ from .utils import get_device, pick, quick_mode, seed_everything
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClassifierHead", "DiffusionModel", "EvaluatorNet", "JointDiffusion", "NoiseSchedule",
+    "ClassifierHead", "DiffusionModel", "EncoderClassifier", "EvaluatorNet", "JointDiffusion", "NoiseSchedule",
     "TrainConfig", "Trainer", "TrainingDiverged", "UNET_PRESETS", "UNet", "UNetConfig",
     "build_model", "load_checkpoint_model", "counterfactual", "difference_map",
     "get_device", "list_pretrained", "load_pretrained", "pick", "quick_mode", "seed_everything",

@@ -85,11 +85,12 @@ def add_train(subparsers) -> None:
                     "steps and at the end), OUT/samples.png (EMA model, DDIM) and "
                     "OUT/train_log.json (history, wall time, command, hardware).",
         formatter_class=_HelpFormatter)
-    p.add_argument("--model", choices=["ddpm", "joint", "evaluator"], default="ddpm",
+    p.add_argument("--model", choices=["ddpm", "joint", "classifier", "evaluator"], default="ddpm",
                    help="which model to train: ddpm = plain DDPM (ε-prediction UNet); joint = "
                         "joint diffusion (DDPM + classifier head on the shared encoder, needs "
-                        "labels); evaluator = the small CNN classifier used for metrics (ignores "
-                        "the UNet and diffusion flags)")
+                        "labels); classifier = the same encoder and head trained with "
+                        "cross-entropy only (the baseline); evaluator = the small CNN classifier "
+                        "used for metrics (ignores the UNet and diffusion flags)")
     p.add_argument("--config", choices=sorted(UNET_PRESETS), default="fmnist-small",
                    help="UNet preset (jdm.unet.UNET_PRESETS); 'tiny' is for quick checks")
     p.add_argument("--dataset", choices=sorted(DATASETS), default="fashion_mnist",
@@ -117,11 +118,12 @@ def add_train(subparsers) -> None:
     p.add_argument("--noise-aware", action="store_true",
                    help="joint: also train the head on noisy (x_t, t) features (for guidance)")
     p.add_argument("--augment", action="store_true",
-                   help="joint: random flip + translation of the classifier's clean images")
+                   help="joint, classifier: random flip + translation of the classifier's clean "
+                        "images")
     p.add_argument("--head-hidden", type=_positive_int, default=256,
-                   help="joint: hidden width of the classifier head's MLP")
+                   help="joint, classifier: hidden width of the classifier head's MLP")
     p.add_argument("--head-dropout", type=float, default=0.1,
-                   help="joint: dropout in the classifier head")
+                   help="joint, classifier: dropout in the classifier head")
     p.add_argument("--test-limit", type=_positive_int, default=None,
                    help="classifiers (joint, evaluator): measure test accuracy and ECE on the "
                         "first N test images after training; default: the whole test split")
@@ -182,6 +184,11 @@ def _build_model(args: argparse.Namespace) -> torch.nn.Module:
         alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
         return JointDiffusion(unet, schedule, alpha=alpha, noise_aware=args.noise_aware,
                               augment=args.augment, head_hidden=args.head_hidden, head_dropout=args.head_dropout)
+    if args.model == "classifier":
+        from .encoder_classifier import EncoderClassifier
+
+        return EncoderClassifier(unet, augment=args.augment, head_hidden=args.head_hidden,
+                                 head_dropout=args.head_dropout)
     return DiffusionModel(unet, schedule)
 
 
@@ -248,8 +255,10 @@ def run_train(args: argparse.Namespace) -> int:
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"{checkpoint} already exists: pass --resume to continue that run, or "
                          "choose another --out")
-    if args.model != "joint" and (args.alpha is not None or args.noise_aware or args.augment):
-        raise ValueError("--alpha, --noise-aware and --augment only apply to --model joint")
+    if args.model != "joint" and (args.alpha is not None or args.noise_aware):
+        raise ValueError("--alpha and --noise-aware only apply to --model joint")
+    if args.model not in ("joint", "classifier") and args.augment:
+        raise ValueError("--augment only applies to --model joint or classifier")
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
@@ -281,7 +290,7 @@ def run_train(args: argparse.Namespace) -> int:
                              progress=not args.no_progress)
         written.append(save_grid(samples.cpu(), args.out / "samples.png"))
     metrics = (_test_metrics(ema, args.dataset, args.test_limit, device)
-               if args.model in ("joint", "evaluator") else {})
+               if args.model in ("joint", "classifier", "evaluator") else {})
     if hasattr(ema, "sample"):
         metrics.update(_generation_metrics(ema, args, device))
     command = "python -m jdm " + shlex.join(args.argv)

@@ -1,0 +1,112 @@
+"""The discriminative baseline: the joint model's encoder and head, trained with cross-entropy only.
+
+To ask whether the diffusion objective helps the classifier (Deja et al. 2023, Table 1), compare
+the joint model with the *same* network trained without it: the UNet encoder e_ν, the same
+``ClassifierHead`` g_ω on its pooled features, the same classifier-side augmentation, the same
+optimiser and step budget, and only
+
+    L = CE(g_ω(e_ν(x_0, t=0)), y).
+
+The UNet's decoder is built (so the checkpoint has the joint model's shape and every tool that
+reads ``model.unet.encode`` works) but never trained: this model does not generate. Labels −1
+mark unlabelled images, which this model cannot use (the joint model trains its diffusion loss on
+them).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .classifier import ClassifierHead
+from .diffusion import MODEL_KINDS
+from .joint import augment_images
+from .unet import UNet, UNetConfig
+
+__all__ = ["EncoderClassifier"]
+
+
+class EncoderClassifier(nn.Module):
+    """g_ω(e_ν(x, 0)) trained with cross-entropy alone: the joint model without its diffusion loss.
+
+    Args:
+        unet: supplies the encoder (``unet.encode``); its decoder is unused.
+        num_classes, head_hidden, head_dropout: the ``ClassifierHead``.
+        augment: flip/translate training images (``jdm.joint.augment_images``).
+    """
+
+    kind = "classifier"
+
+    def __init__(self, unet: UNet, *, num_classes: int = 10, augment: bool = False,
+                 head_hidden: int = 256, head_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.unet = unet
+        self.head = ClassifierHead(unet.feature_channels(), num_classes, head_hidden, head_dropout)
+        self.num_classes = num_classes
+        self.augment = bool(augment)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        cfg = self.unet.config
+        return (cfg.image_channels, cfg.image_size, cfg.image_size)
+
+    def spec(self) -> dict:
+        return {"kind": self.kind, "unet": asdict(self.unet.config), "num_classes": self.num_classes,
+                "augment": self.augment, "head_hidden": self.head.hidden,
+                "head_dropout": self.head.dropout_p}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "EncoderClassifier":
+        config = UNetConfig(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in spec["unet"].items()})
+        extra = {k: v for k, v in spec.items() if k not in ("kind", "unet")}
+        return cls(UNet(config), **extra)
+
+    def _check_images(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.image_shape))}), "
+                             f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+
+    def classify(self, x: Tensor) -> Tensor:
+        """Logits (N, num_classes) of clean images x (N, C, H, W) in [-1, 1]; keeps gradients."""
+        self._check_images(x)
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        return self.head(self.unet.encode(x, t))
+
+    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+        """Cross-entropy over the labelled images (y >= 0) of the batch; 0 if there are none.
+
+        Returns ``{"loss", "classification", "accuracy"}`` (scalars), as the joint model names them.
+        """
+        self._check_images(x0)
+        if y is None:
+            raise ValueError("the classifier baseline needs labels (y), −1 for unlabelled images")
+        labelled = y >= 0
+        if not labelled.any():
+            zero = x0.new_zeros(()) + 0 * sum(p.sum() for p in self.head.parameters())
+            return {"loss": zero, "classification": zero.detach(), "accuracy": zero.detach()}
+        x, y = x0[labelled], y[labelled].long()
+        if self.augment and self.training:
+            x = augment_images(x)
+        logits = self.classify(x)
+        ce = F.cross_entropy(logits, y)
+        return {"loss": ce, "classification": ce, "accuracy": (logits.argmax(1) == y).float().mean()}
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch_size: int = 512) -> Tensor:
+        """Class indices (N,) long, in eval mode (restored afterwards), ``batch_size`` at a time."""
+        self._check_images(x)
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.parameters()).device
+            out = [self.classify(x[i:i + batch_size].to(device)).argmax(1).cpu()
+                   for i in range(0, x.shape[0], batch_size)]
+            return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        finally:
+            self.train(was_training)
+
+
+MODEL_KINDS[EncoderClassifier.kind] = EncoderClassifier  # build_model(spec) with kind "classifier"
