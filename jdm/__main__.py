@@ -151,6 +151,9 @@ def add_train(subparsers) -> None:
     p.add_argument("--sample-steps", type=_positive_int, default=50,
                    help="DDIM steps for OUT/samples.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training loss (pays off on long GPU runs; see "
+                        "benchmarks/README.md)")
     p.set_defaults(func=run_train)
 
 
@@ -262,7 +265,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed)
+                         seed=args.seed, compile=args.compile)
     device = get_device(args.device)
     torch.manual_seed(args.seed)  # the initial weights
     model = _build_model(args)
