@@ -9,8 +9,12 @@ and SVHN go through torchvision's downloader into the same folder for users who 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import os
 import shutil
+import uuid
+import zlib
 from pathlib import Path
 
 import torch
@@ -44,25 +48,102 @@ def data_dir() -> Path:
 
 
 def _check_name(name: str) -> str:
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     return name
 
 
+# size and sha256 of each decompressed Fashion-MNIST file (the canonical idx files, whatever
+# compressed them), recorded once from the bundled archives
+FASHION_MNIST_FILES: dict[str, tuple[int, str]] = {
+    "train-images-idx3-ubyte": (47040016, "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte": (60008, "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte": (7840016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte": (10008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+_VERIFIED = ".verified.json"  # {file: [size, mtime_ns]} of copies whose sha256 matched
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_good_copy(path: Path, verified: dict) -> bool:
+    """Whether ``path`` has the recorded size and sha256 (hashed once per size and mtime)."""
+    size, digest = FASHION_MNIST_FILES[path.name]
+    if not path.is_file():
+        return False
+    stat = path.stat()
+    if stat.st_size != size:
+        return False
+    if verified.get(path.name) == [stat.st_size, stat.st_mtime_ns]:
+        return True
+    if _sha256(path) != digest:
+        return False
+    verified[path.name] = [stat.st_size, stat.st_mtime_ns]
+    return True
+
+
 def _decompress_bundled(raw: Path) -> None:
-    """Unpack ``*.gz`` idx files beside themselves, as torchvision's downloader would.
+    """Unpack ``*.gz`` idx files beside themselves, as torchvision's downloader would, and check
+    every unpacked copy against ``FASHION_MNIST_FILES``: a missing, truncated or altered copy is
+    rebuilt from its archive.
 
     The bundled archives are Debian's re-compression, so their checksums differ from the ones
     torchvision expects; unpacking them here lets torchvision read them with ``download=False``.
+    Several processes may do this at once: each writes its own temporary file, and an atomic
+    rename publishes it, so a half-written or foreign copy is never taken for a good one.
+
+    Raises:
+        ValueError: an archive is truncated or corrupt (the message names it and says how to
+            restore it); no temporary file is left behind.
     """
-    for archive in raw.glob("*-ubyte.gz"):
+    verified_path = raw / _VERIFIED
+    try:
+        verified = json.loads(verified_path.read_text())
+    except (OSError, ValueError):
+        verified = {}
+    before = dict(verified)
+    for archive in sorted(raw.glob("*-ubyte.gz")):
         target = archive.with_suffix("")
-        if target.exists():
+        if target.name not in FASHION_MNIST_FILES or _is_good_copy(target, verified):
             continue
-        tmp = target.with_name(target.name + ".tmp")
-        with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        tmp.replace(target)  # atomic: a half-written file is never taken for a good one
+        verified.pop(target.name, None)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            size, digest = FASHION_MNIST_FILES[target.name]
+            if tmp.stat().st_size != size or _sha256(tmp) != digest:
+                raise ValueError("its contents differ from Fashion-MNIST's")
+            tmp.replace(target)  # atomic: a half-written file is never taken for a good one
+        except (OSError, EOFError, zlib.error, ValueError) as err:
+            raise ValueError(f"the bundled archive {archive} is truncated or corrupt ({err}); "
+                             f"restore it with `git checkout -- {archive}` (or copy Fashion-MNIST's "
+                             "original .gz there)") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _is_good_copy(target, verified)
+    if verified != before:
+        tmp = verified_path.with_name(f"{_VERIFIED}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            tmp.write_text(json.dumps(verified))
+            tmp.replace(verified_path)
+        except OSError:  # a read-only data folder: the copies are checked again next time
+            tmp.unlink(missing_ok=True)
+
+
+def _split_is_train(train: bool | str) -> bool:
+    """``train`` as a bool: True/False or the split names "train"/"test"; anything else is an error."""
+    if isinstance(train, bool):
+        return train
+    if train in ("train", "test"):
+        return train == "train"
+    raise ValueError(f"train must be True, False, 'train' or 'test', got {train!r}")
 
 
 def _torchvision_dataset(name: str, train: bool, root: Path, download: bool):
@@ -74,13 +155,13 @@ def _torchvision_dataset(name: str, train: bool, root: Path, download: bool):
     return cls(root, train=train, download=download)
 
 
-def load_tensors(name: str = "fashion_mnist", train: bool = True, root: str | Path | None = None,
-                 download: bool = True) -> tuple[Tensor, Tensor]:
+def load_tensors(name: str = "fashion_mnist", train: bool | str = True,
+                 root: str | Path | None = None, download: bool = True) -> tuple[Tensor, Tensor]:
     """Load a whole split as tensors.
 
     Args:
         name: one of ``DATASETS`` ("fashion_mnist", "mnist", "cifar10", "svhn").
-        train: the training split (else the test split).
+        train: True or "train" for the training split, False or "test" for the test split.
         root: the data folder (default ``data_dir()``).
         download: let torchvision download a dataset that is not on disk (needs a network).
 
@@ -90,8 +171,10 @@ def load_tensors(name: str = "fashion_mnist", train: bool = True, root: str | Pa
     Raises:
         FileNotFoundError: the dataset is not on disk and could not be downloaded; the message
         names the folder and says how to get it.
+        ValueError: an unknown name or split, or a corrupt bundled Fashion-MNIST archive.
     """
     _check_name(name)
+    train = _split_is_train(train)
     root = Path(root) if root is not None else data_dir()
     if name == "fashion_mnist":
         raw = root / "FashionMNIST" / "raw"
@@ -118,8 +201,8 @@ def load_tensors(name: str = "fashion_mnist", train: bool = True, root: str | Pa
     return images, labels.long()
 
 
-def load_dataset(name: str = "fashion_mnist", train: bool = True, root: str | Path | None = None,
-                 download: bool = True) -> TensorDataset:
+def load_dataset(name: str = "fashion_mnist", train: bool | str = True,
+                 root: str | Path | None = None, download: bool = True) -> TensorDataset:
     """``load_tensors`` wrapped in a ``TensorDataset`` of (image (C, H, W), label) pairs."""
     return TensorDataset(*load_tensors(name, train, root, download))
 

@@ -11,11 +11,19 @@ A shipped checkpoint is two files in ``data/checkpoints/``:
 
     jdm.list_pretrained()                        # ['ddpm-fmnist-small', ...]
     model = jdm.load_pretrained("ddpm-fmnist-small")
+    model = jdm.load_pretrained("ddpm-fmnist")   # an alias (aliases.json): the best DDPM shipped
+
+``data/checkpoints/aliases.json`` maps the short stable names ``jdm-fmnist``, ``ddpm-fmnist`` and
+``classifier-fmnist`` to the best shipped checkpoint of each kind (``list_aliases()``). Exporting
+never overwrites a shipped checkpoint without ``force`` and never with another kind of model.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import uuid
 from pathlib import Path
 
 import torch
@@ -26,9 +34,12 @@ from .diffusion import build_model
 from .train import read_checkpoint
 from .utils import get_device
 
-__all__ = ["checkpoint_dir", "list_pretrained", "load_pretrained", "read_manifest", "export_pretrained"]
+__all__ = ["checkpoint_dir", "list_pretrained", "list_aliases", "resolve_name", "load_pretrained",
+           "read_manifest", "export_pretrained", "check_export_name", "model_from_weights"]
 
 WEIGHTS_FORMAT = "jdm-weights"
+ALIASES_FILE = "aliases.json"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def checkpoint_dir() -> Path:
@@ -37,9 +48,46 @@ def checkpoint_dir() -> Path:
 
 
 def list_pretrained() -> list[str]:
-    """Names of the shipped checkpoints (those with both ``NAME.pt`` and ``NAME.json``)."""
+    """Names of the shipped checkpoints (those with both ``NAME.pt`` and ``NAME.json``); the
+    short stable names that point at them are ``list_aliases()``."""
     folder = checkpoint_dir()
     return sorted(p.stem for p in folder.glob("*.json") if p.with_suffix(".pt").is_file())
+
+
+def list_aliases() -> dict[str, str]:
+    """Short stable names → shipped checkpoint names, from ``data/checkpoints/aliases.json``
+    (e.g. ``{"jdm-fmnist": "joint-fmnist-small"}``): code that loads ``"jdm-fmnist"`` keeps
+    working when a better joint model replaces the small one. Empty without the file."""
+    path = checkpoint_dir() / ALIASES_FILE
+    if not path.is_file():
+        return {}
+    table = _read_json(path)
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                              for k, v in table.items()):
+        raise ValueError(f"{path} must be a JSON object of alias → checkpoint name")
+    return table
+
+
+def resolve_name(name: str) -> str:
+    """The shipped checkpoint ``name`` stands for: itself, or the target of an alias.
+
+    Raises:
+        FileNotFoundError: neither a shipped checkpoint nor an alias, or an alias whose target is
+            not (yet) in ``data/checkpoints``; the message lists what is available.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a checkpoint name must be a non-empty string, got {name!r}")
+    shipped, aliases = list_pretrained(), list_aliases()
+    if name in shipped:
+        return name
+    if name in aliases:
+        if aliases[name] not in shipped:
+            raise FileNotFoundError(f"alias {name!r} points to {aliases[name]!r}, which is not in "
+                                    f"{checkpoint_dir()} (not shipped yet?); available: "
+                                    f"{shipped or 'none'}")
+        return aliases[name]
+    raise FileNotFoundError(f"no shipped checkpoint named {name!r} in {checkpoint_dir()}; "
+                            f"available: {shipped or 'none'}, aliases: {sorted(aliases) or 'none'}")
 
 
 def sha256(path: Path) -> str:
@@ -50,54 +98,123 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:  # JSONDecodeError, bad UTF-8
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it with "
+                         f"`git checkout -- {path}`") from None
+
+
 def read_manifest(name: str) -> dict:
-    """The JSON manifest of shipped checkpoint ``name``."""
-    path = checkpoint_dir() / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no shipped checkpoint named {name!r} in {checkpoint_dir()}; "
-            f"available: {list_pretrained() or 'none'}"
-        )
-    return json.loads(path.read_text())
+    """The JSON manifest of shipped checkpoint (or alias) ``name``.
+
+    Raises:
+        FileNotFoundError: see ``resolve_name``.
+        ValueError: the manifest is not valid JSON, not an object, or lacks ``sha256``/``spec``.
+    """
+    path = checkpoint_dir() / f"{resolve_name(name)}.json"
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} must hold a JSON object (the manifest), got a "
+                         f"{type(manifest).__name__}; restore it with `git checkout -- {path}`")
+    missing = [key for key in ("sha256", "spec") if key not in manifest]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: not a complete manifest; restore it "
+                         f"with `git checkout -- {path}` or export the checkpoint again")
+    return manifest
+
+
+def model_from_weights(blob: dict, path: Path, device: torch.device | str | None = None) -> nn.Module:
+    """The model in a loaded ``jdm-weights`` file, in float32 and eval mode, on ``device`` (None:
+    the CPU). Refuses weights that hold NaN/inf (naming ``path``)."""
+    state = blob.get("state_dict")
+    if blob.get("format") != WEIGHTS_FORMAT or not isinstance(state, dict) or "spec" not in blob:
+        raise ValueError(f"{path} is not a jdm weights file (format {blob.get('format')!r})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path} holds NaN/inf weights ({bad[0]}, …): the file is damaged")
+    model = build_model(blob["spec"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    device = get_device(device) if device is not None else torch.device("cpu")
+    return model.to(device).eval()
 
 
 def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.Module:
-    """Load shipped checkpoint ``name`` as a model in eval mode, in float32, on ``device``.
+    """Load shipped checkpoint (or alias, see ``list_aliases``) ``name`` as a model in eval
+    mode, in float32, on ``device``.
 
     The default device is the CPU (pass ``device=jdm.get_device()`` for the best available). The
     weights file's sha256 must match the manifest: a changed or truncated file is an error.
     """
+    name = resolve_name(name)
     manifest = read_manifest(name)
     path = checkpoint_dir() / f"{name}.pt"
     if sha256(path) != manifest["sha256"]:
         raise ValueError(f"{path} does not match the sha256 in {name}.json: the file is corrupt or "
                          f"was replaced; restore it with `git checkout -- {path}`")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path} is not a jdm weights file (format {blob.get('format')!r})")
-    model = build_model(blob["spec"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                           for k, v in blob["state_dict"].items()})
-    device = get_device(device) if device is not None else torch.device("cpu")
-    return model.to(device).eval()
+    return model_from_weights(torch.load(path, map_location="cpu", weights_only=True), path, device)
+
+
+def check_export_name(name: str, kind: str, force: bool = False,
+                      folder: str | Path | None = None) -> Path:
+    """Where ``export_pretrained`` would write ``name`` (``folder/NAME.pt``), if it may.
+
+    Call it before training, so a run is never refused only at its end.
+
+    Raises:
+        ValueError: ``name`` is not a plain name (letters, digits, ``.``, ``_``, ``-``; no path),
+            is an alias, or is an existing checkpoint and ``force`` is False, or is an existing
+            checkpoint of another kind than ``kind`` (never replaced, even with ``force``).
+    """
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or name.endswith(".pt"):
+        raise ValueError(f"export name {name!r} must be a plain name such as 'joint-fmnist-large' "
+                         "(letters, digits, '.', '_', '-'; no folders, no .pt)")
+    folder = Path(folder) if folder is not None else checkpoint_dir()
+    aliases = list_aliases() if folder == checkpoint_dir() else {}
+    if name in aliases:
+        raise ValueError(f"{name!r} is an alias of {aliases[name]!r}; export under a real name "
+                         "and point the alias at it in aliases.json")
+    weights, manifest = folder / f"{name}.pt", folder / f"{name}.json"
+    if weights.exists() or manifest.exists():
+        old = _read_json(manifest).get("spec", {}).get("kind") if manifest.is_file() else None
+        if old is not None and old != kind:
+            raise ValueError(f"{weights} is a shipped {old!r} checkpoint; a {kind!r} model never "
+                             "replaces it: export under another name")
+        if not force:
+            raise ValueError(f"{weights} already exists (a shipped checkpoint); pass --force "
+                             "(force=True) to replace it, or export under another name")
+    return weights
+
+
+def _write_atomically(path: Path, write) -> None:
+    """``write(tmp)`` then one ``os.replace(tmp, path)``: never a half-written ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, command: str,
-                      hardware: str, folder: str | Path | None = None) -> Path:
+                      hardware: str, folder: str | Path | None = None,
+                      force: bool = False) -> Path:
     """Turn a training checkpoint (``last.pt``) into a shipped ``NAME.pt`` + ``NAME.json``.
 
     Keeps only the EMA weights, in half precision. ``metrics`` are the numbers measured on the
-    model right after training; ``command`` and ``hardware`` say how it was trained.
-    Returns the path of ``NAME.pt``.
+    model right after training; ``command`` and ``hardware`` say how it was trained. An existing
+    ``NAME`` is replaced only with ``force`` and only by a model of the same kind
+    (``check_export_name``). Both files are written atomically. Returns the path of ``NAME.pt``.
     """
     ckpt = read_checkpoint(run_checkpoint)
-    folder = Path(folder) if folder is not None else checkpoint_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    weights = check_export_name(name, ckpt["spec"].get("kind"), force, folder)
+    weights.parent.mkdir(parents=True, exist_ok=True)
     # AveragedModel keys look like "module.unet…" plus "n_averaged": keep the module's own weights
     state = {k.removeprefix("module."): v.half() if v.is_floating_point() else v
              for k, v in ckpt["ema"].items() if k.startswith("module.")}
-    weights = folder / f"{name}.pt"
-    torch.save({"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}, weights)
+    blob = {"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}
+    _write_atomically(weights, lambda tmp: torch.save(blob, tmp))
     manifest = {
         "name": name,
         "spec": ckpt["spec"],
@@ -110,5 +227,6 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
         "size_bytes": weights.stat().st_size,
         "metrics": metrics,
     }
-    (folder / f"{name}.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_atomically(weights.with_suffix(".json"),
+                      lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return weights

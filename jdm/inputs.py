@@ -1,0 +1,123 @@
+"""One input check for every public entry point: images and timesteps.
+
+jdm's images are float tensors (N, C, H, W) in [-1, 1]. The mistakes a new user makes (images in
+[0, 1] or [0, 255], uint8 or float64 tensors, a single image without its batch dimension, an empty
+batch, a timestep outside the schedule) would otherwise give raw torch errors or, worse,
+confidently wrong answers. These helpers turn each into a ``ValueError`` that says what was
+expected and how to convert, and never reshape, rescale or clip anything themselves.
+
+    weights = next(model.parameters())
+    check_images(x, model.image_shape, dtype=weights.dtype, device=weights.device, clean=True)
+    t = check_timesteps(t, n=x.shape[0], num_steps=model.schedule.num_steps, device=x.device)
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_images", "check_timesteps", "check_image_range"]
+
+_RANGE_TOLERANCE = 1e-3  # float32 rounding of v / 127.5 - 1 and of samplers' clamps
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return f"(N, {', '.join(map(str, shape))})"
+
+
+def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype | None = None,
+                 device: torch.device | None = None, clean: bool = False,
+                 name: str = "images") -> None:
+    """Check a batch of images (N, *image_shape) before it reaches a model.
+
+    Args:
+        x: the batch, a float tensor (N, C, H, W).
+        image_shape: the model's (C, H, W).
+        dtype, device: the model's weights' dtype and device, which ``x`` must share (None: any).
+        clean: ``x`` holds clean images, so also check their scale (one device sync; see
+            ``check_image_range``). Noisy x_t are unbounded: pass False.
+        name: what to call ``x`` in messages.
+
+    Raises:
+        ValueError: not a tensor, wrong shape, empty batch, integer/float64 dtype, another device
+            than the model, or (``clean``) NaN/inf or 0..255 values ([0, 1] values warn).
+    """
+    expected = _shape_text(tuple(image_shape))
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a float tensor of shape {expected} in [-1, 1], got "
+                         f"{type(x).__name__}")
+    if x.dim() == len(image_shape) and tuple(x.shape) == tuple(image_shape):
+        raise ValueError(f"{name} must be a batch of shape {expected}, got one image of shape "
+                         f"{tuple(x.shape)}: add the batch dimension with x[None]")
+    if x.dim() != len(image_shape) + 1 or tuple(x.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"expected {name} of shape {expected}, got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (0 images); pass at least one image")
+    if not x.is_floating_point():
+        hint = " (from 0..255: x.float() / 127.5 - 1)" if x.dtype == torch.uint8 else ""
+        raise ValueError(f"{name} must be floating point in [-1, 1], got dtype {x.dtype}; "
+                         f"convert it{hint}")
+    if dtype is not None and x.dtype != dtype:
+        raise ValueError(f"{name} are {x.dtype} but the model's weights are {dtype}; "
+                         f"convert with x.to({dtype})")
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} are on {x.device} but the model is on {device}; "
+                         "move them with x.to(device)")
+    if clean:
+        check_image_range(x, name)
+
+
+def check_image_range(x: Tensor, name: str = "images", strict: bool = False) -> None:
+    """Check that clean images are finite and not scaled as [0, 1] or [0, 255] (one device sync).
+
+    A batch without any negative value is not on jdm's scale: above 1 it is an error ("0..255
+    pixel values?"), otherwise a ``UserWarning`` ("[0, 1]?") when its maximum exceeds 0.5 (a
+    uniform grey batch, e.g. zeros, is valid in [-1, 1] and passes). Real Fashion-MNIST images in
+    [-1, 1] always hold −1 (the background). With ``strict``, any value outside [-1, 1] is an
+    error too (for data sets); without it, values beyond ±1 *with* negatives pass, as a predicted
+    x̂_0 (``schedule.predict_x0``) does when it is classified.
+    """
+    low, high = (float(v) for v in torch.aminmax(x.detach().float()))
+    if not math.isfinite(low) or not math.isfinite(high):
+        raise ValueError(f"{name} hold NaN or infinite values")
+    found = f"got values in [{low:.3g}, {high:.3g}]"
+    if low >= 0 and high > 1 + _RANGE_TOLERANCE:
+        raise ValueError(f"{name} must lie in [-1, 1], {found}: they look like 0..255 pixel values; "
+                         "convert with x / 127.5 - 1")
+    if strict and (low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE):
+        raise ValueError(f"{name} must lie in [-1, 1], {found}")
+    if low >= 0 and high > 0.5:
+        warnings.warn(f"{name} have no negative values ({found}): they look like [0, 1] images, "
+                      "but jdm expects [-1, 1]; convert with x * 2 - 1", UserWarning, stacklevel=3)
+
+
+def check_timesteps(t: Tensor | int | None, n: int, num_steps: int,
+                    device: torch.device) -> Tensor:
+    """Turn ``t`` (None = 0, an int, or an (n,) integer tensor) into an (n,) long tensor.
+
+    Raises:
+        ValueError: a bool or float, a tensor of another shape or dtype, or a step outside
+            0..num_steps-1 (one device sync for a tensor).
+    """
+    allowed = f"0..{num_steps - 1}"
+    if t is None:
+        t = 0
+    if isinstance(t, numbers.Integral) and not isinstance(t, bool):
+        if not 0 <= int(t) < num_steps:
+            raise ValueError(f"t must lie in {allowed} (the schedule's steps), got {int(t)}")
+        return torch.full((n,), int(t), dtype=torch.long, device=device)
+    if not isinstance(t, Tensor):
+        raise ValueError(f"t must be an int in {allowed} or an integer tensor of shape ({n},), "
+                         f"got {type(t).__name__}")
+    if t.shape != (n,) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"t must be an int or an integer tensor of shape ({n},), got shape "
+                         f"{tuple(t.shape)} and dtype {t.dtype}")
+    if n:
+        low, high = (int(v) for v in torch.aminmax(t))
+        if low < 0 or high >= num_steps:
+            raise ValueError(f"t must lie in {allowed} (the schedule's steps), got values from "
+                             f"{low} to {high}")
+    return t.to(device=device, dtype=torch.long)
