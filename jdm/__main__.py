@@ -5,8 +5,11 @@
 
 Each command is a pair of functions: ``add_<name>(subparsers)`` declares its flags and points
 ``func`` at ``run_<name>(args)``, which returns the exit status. To add a command, write the pair
-and list ``add_<name>`` in ``COMMANDS``. ``ValueError``/``FileNotFoundError`` raised by a command
-become a one-line error and exit status 2; a diverged training run exits with status 1.
+and list ``add_<name>`` in ``COMMANDS``. ``ValueError`` and every ``OSError`` (missing file, read-only
+or full disk, …) raised by a command become one error line and exit status 2; a diverged training
+run exits with status 1, an interrupted one (Ctrl-C, SIGTERM) with 128 + the signal's number after
+saving its checkpoint and printing the command that resumes it. Output paths are checked
+(``check_out``) before any work starts.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .data import DATASETS
-from .train import TrainConfig, TrainingDiverged
+from .train import RunLock, TrainConfig, TrainingDiverged, TrainingInterrupted
 from .unet import UNET_PRESETS
 from .utils import get_device
 
@@ -62,6 +66,54 @@ def hardware_string(device: torch.device) -> str:
             else f"CPU {platform.processor() or platform.machine()}")
     return (f"{name} ({device.type}), {os.cpu_count()} CPU cores, {platform.system()}, "
             f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def check_out(path: Path | None, kind: str = "image", flag: str = "--out",
+              need_bytes: int = 1 << 20) -> Path | None:
+    """Check an output path (None: nothing to check) before any work starts, so a long run never
+    fails at its end.
+
+    ``kind`` is ``"image"`` (a file whose extension PIL can write), ``"file"`` (any file) or
+    ``"folder"``. Missing parent folders are created; the folder must accept a small test file and
+    have ``need_bytes`` free.
+
+    Raises:
+        ValueError: a directory where a file is wanted (or the reverse), no or an unknown image
+            extension, a parent that is a file, an unwritable folder or too little free space.
+    """
+    if path is None:
+        return None
+    folder = path if kind == "folder" else path.parent
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path} is an existing file; {flag} names a folder")
+    if kind != "folder" and path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory; give a file name inside it, e.g. "
+                         f"{path / ('samples.png' if kind == 'image' else 'report.json')}")
+    if kind == "image":
+        from PIL import Image
+
+        Image.init()
+        if path.suffix.lower() not in Image.registered_extensions():
+            raise ValueError(f"{flag} {path} has {'no' if not path.suffix else 'an unknown'} image "
+                             "file extension; use e.g. .png or .jpg")
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".jdm-write-test.{os.getpid()}"
+        try:
+            probe.write_bytes(bytes(4096))
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot write to {folder} ({flag} {path}): "
+                         f"{err.strerror or err}") from None
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise ValueError(f"{folder} has {free / 2**20:.1f} MiB free but {flag} {path} needs about "
+                         f"{need_bytes / 2**20:.0f} MiB; free some space or choose another place")
+    return path
 
 
 def save_grid(images: torch.Tensor, path: str | Path) -> Path:
@@ -133,17 +185,25 @@ def add_train(subparsers) -> None:
                         "in the shipped evaluator's feature space (0 = skip)")
     p.add_argument("--export", default=None, metavar="NAME",
                    help="after training, ship the EMA weights as data/checkpoints/NAME.pt + "
-                        "NAME.json (manifest with this command and the test metrics)")
+                        "NAME.json (manifest with this command and the test metrics); NAME is a "
+                        "plain name, checked before training starts")
+    p.add_argument("--force", action="store_true",
+                   help="let --export replace an existing checkpoint of the same kind (never one "
+                        "of another kind)")
     p.add_argument("--seed", type=int, default=_TRAIN.seed,
                    help="seeds the weights, the batch order, the noise and the final samples")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder for last.pt, samples.png and train_log.json")
     p.add_argument("--resume", action="store_true",
-                   help="continue from OUT/last.pt (exactly where it stopped); same flags needed")
+                   help="continue from OUT/last.pt (exactly where it stopped; the model and data "
+                        "flags must match); without OUT/last.pt, say so and start fresh")
     p.add_argument("--device", default=None,
                    help="cuda, cuda:1, mps or cpu; default: the best available")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=_TRAIN.checkpoint_every,
                    help="write OUT/last.pt every this many steps (0 = only at the end)")
+    p.add_argument("--checkpoint-minutes", type=float, default=_TRAIN.checkpoint_minutes,
+                   help="also write OUT/last.pt after this many minutes since the last one (0 = "
+                        "never by time); Ctrl-C or SIGTERM always saves before stopping")
     p.add_argument("--log-every", type=_positive_int, default=_TRAIN.log_every,
                    help="add the mean loss to the history every this many steps")
     p.add_argument("--samples", type=_positive_int, default=64,
@@ -250,6 +310,13 @@ def _generation_metrics(model: torch.nn.Module, args: argparse.Namespace,
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Check --out, then train while holding its lock (a second run on it is refused)."""
+    check_out(args.out, "folder")
+    with RunLock(args.out):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from .data import load_tensors
     from .train import Trainer
 
@@ -265,10 +332,18 @@ def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                         seed=args.seed, compile=args.compile)
+                         checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
+                         compile=args.compile)
     device = get_device(args.device)
     torch.manual_seed(args.seed)  # the initial weights
     model = _build_model(args)
+    if args.export:
+        from .pretrained import check_export_name
+
+        check_export_name(args.export, model.spec()["kind"], args.force)
+    # last.pt holds weights, EMA and two AdamW moments; a save needs room for a second copy
+    state_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    check_out(args.out, "folder", need_bytes=8 * state_bytes + (1 << 20))
 
     images, labels = load_tensors(args.dataset, train=True)
     if args.limit is not None:
@@ -284,6 +359,10 @@ def run_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"jdm train: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as err:
+        again = args.argv + ([] if args.resume else ["--resume"])
+        print(f"jdm train: {err}\nresume with: python -m jdm {shlex.join(again)}", file=sys.stderr)
+        return 128 + err.signal
 
     ema = trainer.ema_model.module
     written = [checkpoint]
@@ -324,7 +403,7 @@ def run_train(args: argparse.Namespace) -> int:
         if last:
             metrics = {**metrics, "final_train_loss": round(last["loss"], 5)}
         weights = export_pretrained(checkpoint, args.export, metrics, command,
-                                    hardware_string(device))
+                                    hardware_string(device), force=args.force)
         written += [weights, weights.with_suffix(".json")]
     print("wrote " + ", ".join(map(str, written)))
     return 0
@@ -334,15 +413,18 @@ def run_train(args: argparse.Namespace) -> int:
 def add_sample(subparsers) -> None:
     p = subparsers.add_parser(
         "sample", help="draw images from a trained checkpoint into one grid image",
-        description="Load a checkpoint written by 'jdm train' and save a grid of samples.",
+        description="Load a checkpoint written by 'jdm train' (or a shipped weights file) and "
+                    "save a grid of samples.",
         formatter_class=_HelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
-                   help="checkpoint file written by 'jdm train' (e.g. runs/x/last.pt)")
+                   help="checkpoint file written by 'jdm train' (e.g. runs/x/last.pt), or a "
+                        "shipped one (e.g. data/checkpoints/ddpm-fmnist-small.pt)")
     p.add_argument("--n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
                    help="ddim: few deterministic steps (Song et al.); ddpm: ancestral, all T steps")
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="DDIM steps (default 50); not allowed with ddpm, which uses every step")
+                   help="DDIM steps, at most the model's T (default 50); not allowed with "
+                        "ddpm, which uses every step")
     p.add_argument("--eta", type=float, default=0.0,
                    help="DDIM noise: 0 = deterministic, 1 = as much noise as DDPM")
     p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
@@ -362,16 +444,22 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.method == "ddpm" and (args.steps is not None or args.eta != 0.0):
         raise ValueError("--steps and --eta only apply to --method ddim; ancestral DDPM visits "
                          "every timestep")
-    if not args.out.suffix:
-        raise ValueError(f"--out {args.out} has no file extension; use e.g. samples.png")
+    check_out(args.out, "image")
     device = get_device(args.device)
     model = load_checkpoint_model(args.checkpoint, ema=not args.raw, device=device)
+    if not hasattr(model, "sample"):
+        raise ValueError(f"{args.checkpoint} holds a {model.kind!r} model, which does not "
+                         "generate; pass a DDPM or joint checkpoint")
+    T = model.schedule.num_steps
+    if args.steps is not None and args.steps > T:
+        raise ValueError(f"--steps {args.steps} is more than the model's T = {T} diffusion steps; "
+                         f"use at most {T}")
     steps = (args.steps or 50) if args.method == "ddim" else None
     images = model.sample(args.n, method=args.method, steps=steps, eta=args.eta,
                           generator=torch.Generator().manual_seed(args.seed),
                           progress=not args.no_progress)
-    print(f"wrote {save_grid(images.cpu(), args.out)} ({args.n} images, {args.method}"
-          + (f", {steps} steps" if steps else "") + ")")
+    print(f"wrote {save_grid(images.cpu(), args.out)} ({args.n} images, {args.method}, "
+          f"{min(steps, T) if steps else T} steps)")
     return 0
 
 
@@ -404,6 +492,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .pretrained import load_pretrained
     from .viz import overview_figure
 
+    check_out(args.out, "image")
     model = load_pretrained(args.model, device=get_device(args.device))
     if not hasattr(model, "sample"):
         raise ValueError(f"{args.model!r} is not a generative model; pick a DDPM or joint model")
@@ -478,6 +567,7 @@ def add_explain(subparsers) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
+    check_out(args.out, "image")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -552,6 +642,7 @@ def add_evaluate(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    check_out(args.json, "file", "--json")
     from .data import load_tensors
     from .evaluate import (evaluate_conditional, evaluate_counterfactuals, other_class_targets,
                            runner_up_targets)
@@ -624,10 +715,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = argv
     try:
+        _check_device(getattr(args, "device", None))
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: missing files, read-only or full disks, …
         print(f"jdm {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _check_device(name: str | None) -> None:
+    """A --device that is not a device name, or not available here, is a ValueError."""
+    if name is None:
+        return
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    get_device(name)
 
 
 if __name__ == "__main__":

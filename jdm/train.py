@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .inputs import check_image_range
 from .utils import get_device, seed_everything
 
 __all__ = [
@@ -97,6 +98,8 @@ class TrainConfig:
         log_every: add the mean loss parts to ``history`` every this many steps (and at the end).
         eval_every: call ``eval_fn(trainer)`` every this many steps (0 = never).
         checkpoint_every: write ``out_dir/last.pt`` every this many steps (0 = only at the end).
+        checkpoint_minutes: also write it when this many minutes of training passed since the
+            last one (0 = never by time), so a long run never has much to lose.
         seed: seeds the global RNG at step 0 and the batch order.
         amp: bf16 autocast for the forward pass; used only on CUDA.
         compile: run the model's loss through ``torch.compile`` (opt-in: the first steps pay the
@@ -115,6 +118,7 @@ class TrainConfig:
     log_every: int = 50
     eval_every: int = 0
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 5.0
     seed: int = 0
     amp: bool = True
     compile: bool = False
@@ -132,6 +136,8 @@ class TrainConfig:
             (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
             (self.checkpoint_every >= 0,
              f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}"),
+            (self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0 (0 = never by time), "
+                                           f"got {self.checkpoint_minutes}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -149,6 +155,134 @@ class TrainingDiverged(RuntimeError):
         super().__init__(message)
         self.step = step
         self.checkpoint = checkpoint
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """``fit`` stopped on SIGINT (Ctrl-C) or SIGTERM after finishing its step and saving.
+
+    ``signal`` is the signal's number, ``step`` the steps done, ``checkpoint`` the file saved
+    (None without an ``out_dir``). A ``KeyboardInterrupt``, so code that handles Ctrl-C still does.
+    """
+
+    def __init__(self, message: str, signal: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.signal = signal
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class RunLock:
+    """Exclusive use of a run folder: ``folder/.lock`` holds the owning process's pid.
+
+        with RunLock("runs/x"):      # ValueError if another live process holds runs/x
+            ...
+
+    Re-entrant within a process (the CLI holds it for a whole command, ``Trainer.fit`` again for
+    its loop). A lock left by a process that no longer exists is taken over (on Windows, where a
+    process cannot be probed safely, the message says to delete the file).
+    """
+
+    _held: dict[Path, int] = {}  # folder → nesting depth, in this process
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / ".lock"
+
+    def __enter__(self) -> "RunLock":
+        key = self.folder.resolve()
+        if key in RunLock._held:
+            RunLock._held[key] += 1
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):  # second try after removing a dead process's lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _process_alive(owner):
+                    raise ValueError(f"run folder {self.folder} is in use by process {owner} (lock "
+                                     f"file {self.path}); wait for it to finish or choose another "
+                                     "--out / out_dir") from None
+                if owner is not None and os.name == "nt":
+                    raise ValueError(f"run folder {self.folder} is locked by process {owner} "
+                                     f"({self.path}); if no run uses it, delete that file") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            RunLock._held[key] = 1
+            return self
+        raise ValueError(f"could not lock run folder {self.folder} ({self.path} keeps reappearing)")
+
+    def __exit__(self, *exc) -> None:
+        key = self.folder.resolve()
+        RunLock._held[key] -= 1
+        if RunLock._held[key] == 0:
+            del RunLock._held[key]
+            self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None  # unreadable or half-written: treat as stale
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _clean_stale_tmp(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.PID.HEX.tmp``) a killed ``save_checkpoint`` left in
+    ``folder``; call it only while holding the folder's ``RunLock``. Returns what was removed."""
+    stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def _digest(value, h=None) -> str:
+    """sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes, and every other
+    value's repr, in a fixed order (dict keys sorted), so the same state always hashes alike."""
+    h = hashlib.sha256() if h is None else h
+    if isinstance(value, Tensor):
+        t = value.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(value.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            h.update(f"K{key!r}".encode())
+            _digest(value[key], h)
+    elif isinstance(value, (list, tuple)):
+        h.update(f"L{len(value)}".encode())
+        for item in value:
+            _digest(item, h)
+    else:
+        h.update(f"V{value!r}".encode())
+    return h.hexdigest()
+
+
+def _first_non_finite(value, where: str = "") -> str | None:
+    """The key path of the first floating tensor holding NaN/inf in ``value``, or None."""
+    if isinstance(value, Tensor):
+        return where if value.is_floating_point() and not torch.isfinite(value).all() else None
+    items = (value.items() if isinstance(value, dict)
+             else enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for key, item in items:
+        found = _first_non_finite(item, f"{where}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def _plain(value, where: str):
@@ -182,27 +316,60 @@ def _json_plain(spec: dict) -> dict:
 def read_checkpoint(path: str | Path) -> dict:
     """Read a jdm checkpoint onto the CPU with ``torch.load(weights_only=True)`` and check it.
 
+    A checkpoint with a ``checksum`` must match it (older ones have none), and every floating
+    tensor in it must be finite.
+
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a jdm checkpoint, is truncated/corrupt, or is from a newer jdm.
+        ValueError: the file is not a jdm checkpoint, is truncated/corrupt (checksum), holds
+            NaN/inf, is a shipped weights file (load those with ``jdm.load_pretrained``), or is
+            from a newer jdm. The message names the file.
     """
     path = Path(path)
+    return _check_checkpoint(_load_file(path), path)
+
+
+def _load_file(path: Path):
+    """``torch.load(path, weights_only=True)`` onto the CPU, with a clear error for a missing,
+    truncated or foreign file."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one first (python -m jdm train "
                                 f"--out DIR writes DIR/last.pt) or pass the path of an existing one")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, pickled code: all mean "unusable"
         raise ValueError(f"not a jdm checkpoint or corrupt: {path} ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); "
                          "delete it or pass another") from err
+
+
+def _check_checkpoint(ckpt, path: Path) -> dict:
+    """``ckpt`` if it is a readable, intact jdm training checkpoint (see ``read_checkpoint``)."""
+    if isinstance(ckpt, dict) and ckpt.get("format") == "jdm-weights":
+        raise ValueError(f"{path} is a shipped weights file (format 'jdm-weights': EMA weights "
+                         "only, no optimiser state), not a training checkpoint: it cannot be "
+                         "resumed; sample from it with `python -m jdm sample --checkpoint "
+                         f"{path} --out x.png` or load it with jdm.load_pretrained(name)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not a jdm checkpoint or corrupt: {path} (no format={CHECKPOINT_FORMAT!r} "
                          "entry); delete it or pass another")
     if ckpt.get("version", 0) > CHECKPOINT_VERSION:
         raise ValueError(f"{path} is a version {ckpt['version']} checkpoint; this jdm reads up to "
                          f"version {CHECKPOINT_VERSION}: upgrade jdm")
+    _verify_checkpoint(ckpt, path)
     return ckpt
+
+
+def _verify_checkpoint(ckpt: dict, path: Path) -> None:
+    """Refuse a checkpoint whose contents changed since it was saved or hold NaN/inf."""
+    stored = ckpt.get("checksum")
+    if stored is not None and _digest({k: v for k, v in ckpt.items() if k != "checksum"}) != stored:
+        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match the checksum "
+                         "stored when it was saved; use an earlier checkpoint or train again")
+    bad = _first_non_finite({k: ckpt.get(k) for k in ("model", "ema", "optimizer")})
+    if bad is not None:
+        raise ValueError(f"checkpoint {path} holds NaN/inf values (in {bad}): the run had diverged "
+                         "or the file is damaged; use an earlier checkpoint or train again")
 
 
 def _fused_adamw_supported(device: torch.device) -> bool:
@@ -259,6 +426,8 @@ class Trainer:
         for name in ("loss", "spec"):
             if not callable(getattr(model, name, None)):
                 raise ValueError(f"the model must have a {name}() method (see jdm.diffusion)")
+        if images.shape[0] and images.is_floating_point():
+            check_image_range(images, "training images", strict=True)  # once, not every step
 
         self.config = config
         self.device = device if isinstance(device, torch.device) else get_device(device)
@@ -282,6 +451,12 @@ class Trainer:
         self._epoch_perm: tuple[int, Tensor] | None = None  # (epoch, permutation on the CPU)
         self._device_perm: tuple[int, Tensor] | None = None  # the same, copied to the device
         self._window: list[Tensor] = []  # per-step losses (and grad norms) not yet checked
+        self._data: dict | None = None  # size and sha256 of the training data (``_data_id``)
+        self._saved: tuple[Path, int] | None = None  # the last checkpoint written/read, its step
+        self._stop_signal: int | None = None  # set by SIGINT/SIGTERM during fit()
+        self._previous_handlers: dict[int, object] = {}  # signal → handler before fit()
+        self._lock: RunLock | None = None  # out_dir's lock while fit() runs
+        self._last_save_time = time.monotonic()
 
     # ------------------------------------------------------------------------------ pieces
     @property
@@ -335,16 +510,18 @@ class Trainer:
         """Train until ``config.steps`` optimiser steps in total and return ``history``.
 
         With ``resume=True``, ``out_dir/last.pt`` (if it exists) is loaded first and training
-        continues exactly from its step. Otherwise a run at step 0 seeds the global RNG with
-        ``config.seed``.
+        continues exactly from its step; if there is none, a line on stderr says so and the run
+        starts fresh (so one command line both starts and continues a run). Otherwise a run at
+        step 0 seeds the global RNG with ``config.seed``. While it runs, ``out_dir`` is locked
+        (``RunLock``) and SIGINT/SIGTERM stop it cleanly after the current step.
 
         Raises:
             TrainingDiverged: the loss became NaN/inf; ``last.pt`` keeps the last good state.
+            TrainingInterrupted: SIGINT/SIGTERM; ``last.pt`` holds the state after the last step.
+            ValueError: ``out_dir`` is in use by another process, or the checkpoint to resume
+                does not fit this model or data.
         """
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
-        elif self.step == 0:
-            seed_everything(self.config.seed)
+        self._begin(resume)
         cfg = self.config
         use_amp = cfg.amp and self.device.type == "cuda"
         sums: dict[str, Tensor] = {}
@@ -376,7 +553,8 @@ class Trainer:
                 eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
                 save_now = self.out_dir is not None and (
                     self.step == cfg.steps
-                    or bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0)
+                    or bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
+                    or self._save_due())
                 if log_now or eval_now or save_now:
                     # the only host-device sync: nothing unchecked is ever logged or saved
                     self._check_finite()
@@ -406,9 +584,81 @@ class Trainer:
                             flush=True)
                 if save_now:
                     self.save_checkpoint()
+                if self._stop_signal is not None:
+                    self._interrupted()
         finally:
             bar.close()
+            self._end()
         return self.history
+
+    # ------------------------------------------------------------------------------ run safety
+    def _begin(self, resume: bool) -> None:
+        """Start of ``fit``: lock ``out_dir``, remove stale temporary files, resume or seed, and
+        catch SIGINT/SIGTERM. ``_end`` undoes the lock and the handlers."""
+        self._lock = RunLock(self.out_dir) if self.out_dir is not None else None
+        if self._lock is not None:
+            self._lock.__enter__()
+        try:
+            if self.out_dir is not None:
+                _clean_stale_tmp(self.out_dir)
+            path = self.checkpoint_path
+            if resume and path is not None and path.exists():
+                self.load_checkpoint(path)
+            elif self.step == 0:
+                if resume:
+                    print(f"no checkpoint at {path} to resume from: starting a fresh run at step 0",
+                          file=sys.stderr, flush=True)
+                seed_everything(self.config.seed)
+            self._install_signal_handlers()
+        except BaseException:
+            self._end()
+            raise
+        self._last_save_time = time.monotonic()
+
+    def _end(self) -> None:
+        self._restore_signal_handlers()
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
+
+    def _install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM set ``_stop_signal``; the loop saves and stops after its step. A second
+        signal restores the previous handlers and raises ``KeyboardInterrupt`` at once. Only the
+        main thread can install handlers; elsewhere signals keep their usual effect."""
+        self._stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum: int, frame) -> None:
+            if self._stop_signal is not None:
+                self._restore_signal_handlers()
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            print(f"\n{signal.Signals(signum).name}: stopping after this step and saving "
+                  "(again to stop at once)", file=sys.stderr, flush=True)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers = {}
+
+    def _save_due(self) -> bool:
+        """A checkpoint is due for a stop signal, or ``checkpoint_minutes`` after the last one."""
+        minutes = self.config.checkpoint_minutes
+        return self._stop_signal is not None or (
+            bool(minutes) and time.monotonic() - self._last_save_time >= 60 * minutes)
+
+    def _interrupted(self) -> None:
+        signum, saved = self._stop_signal, self._saved
+        where = (f"saved {saved[0]} at step {saved[1]}; continue with fit(resume=True) "
+                 "(python -m jdm train: the same command with --resume)" if saved is not None
+                 and saved[1] == self.step else "no out_dir, nothing saved")
+        raise TrainingInterrupted(f"training stopped by {signal.Signals(signum).name} after step "
+                                  f"{self.step}/{self.config.steps}: {where}", signal=signum,
+                                  step=self.step, checkpoint=saved[0] if saved else None)
 
     def _watch(self, parts: dict[str, Tensor]) -> None:
         """Remember this step's loss (and gradient norm) on the device for ``_check_finite``."""
@@ -431,10 +681,10 @@ class Trainer:
             self._diverged(values[0], values[1:], step=self.step - window.shape[0] + i + 1)
 
     def _diverged(self, loss: float, grad_norm: list[float], step: int) -> None:
-        path = self.checkpoint_path
-        good = path if path is not None and path.exists() else None
-        where = (f"the last good checkpoint is {good} (resume from it with a lower lr, or with "
-                 "fit(resume=True) after fixing the cause)" if good is not None
+        good = self._saved[0] if self._saved is not None and self._saved[0].exists() else None
+        where = (f"the last good checkpoint is {good} (step {self._saved[1]}; its weights gave a "
+                 "finite loss when saved): resume from it with a lower lr, or with "
+                 "fit(resume=True) after fixing the cause" if good is not None
                  else "no checkpoint was written before it")
         norm = f" (gradient norm {grad_norm[0]})" if grad_norm else ""
         raise TrainingDiverged(f"training diverged: loss is {loss}{norm} at step {step} "
@@ -459,35 +709,82 @@ class Trainer:
             "rng": rng,
             "history": _plain(self.history, "history"),
             "train_seconds": float(self.train_seconds),
+            "data": self._data_id(),
         }
 
     def save_checkpoint(self, path: str | Path | None = None) -> Path:
         """Write the training state atomically to ``path`` (default ``out_dir/last.pt``).
 
-        ``torch.save`` writes a temporary file in the same folder, which then replaces ``path`` in
-        one ``os.replace``: a crash mid-save leaves the previous checkpoint intact.
+        First the weights must give a finite loss on a fixed batch (``probe_loss``), else
+        ``TrainingDiverged`` names the last good checkpoint, which stays as it was. Then
+        ``torch.save`` writes a temporary file in the same folder, with a ``checksum`` of the
+        contents, which replaces ``path`` in one ``os.replace``: a crash mid-save leaves the
+        previous checkpoint intact (and the next ``fit`` removes the temporary file).
         """
         if path is None:
             if self.checkpoint_path is None:
                 raise ValueError("no path given and the Trainer has no out_dir")
             path = self.checkpoint_path
         path = Path(path)
+        state = {**self.checkpoint(), "probe_loss": self._probe_loss()}
+        state["checksum"] = _digest(state)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            torch.save(self.checkpoint(), tmp)
+            torch.save(state, tmp)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        self._saved, self._last_save_time = (path, self.step), time.monotonic()
         return path
+
+    @torch.no_grad()
+    def _probe_loss(self) -> float:
+        """The model's loss (eval mode) on the first batch of the data, with the RNG restored
+        afterwards (exact resume holds). Raises ``TrainingDiverged`` if it, or any weight, is not
+        finite: such weights would diverge on every batch, so they are never saved."""
+        x, y = self.images[:self.config.batch_size], (
+            self.labels[:self.config.batch_size] if self.labels is not None else None)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                    enabled=self.config.amp and self.device.type == "cuda"):
+                    loss = float(self.model.loss(x, y)["loss"])
+        finally:
+            self.model.train(was_training)
+        bad = _first_non_finite({"model": self.model.state_dict(), "ema": self.ema_model.state_dict()})
+        if bad is not None or not torch.isfinite(torch.tensor(loss)):
+            what = f"weights hold NaN/inf ({bad})" if bad else f"loss on a fixed batch is {loss}"
+            self._diverged_at_save(what)
+        return loss
+
+    def _diverged_at_save(self, what: str) -> None:
+        saved = self._saved
+        where = (f"the last good checkpoint is {saved[0]} (step {saved[1]}; left as it was)"
+                 if saved is not None and saved[0].exists() else "no good checkpoint was written")
+        raise TrainingDiverged(f"training diverged: after step {self.step} the {what}, so it was "
+                               f"not saved; {where}", step=self.step,
+                               checkpoint=saved[0] if saved is not None else None)
+
+    def _data_id(self) -> dict:
+        """Size and sha256 of the training images and labels (computed once): resuming on other
+        data (another --dataset or --limit) would silently train another run."""
+        if self._data is None:
+            labels = self.labels if self.labels is not None else torch.zeros(0)
+            self._data = {"images": int(self.images.shape[0]),
+                          "sha256": _digest([self.images, labels])}
+        return self._data
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore model, EMA, optimiser, step, history and RNG from a checkpoint.
 
         Raises:
             FileNotFoundError: no file at ``path``.
-            ValueError: not a jdm checkpoint / corrupt, or saved from another architecture.
+            ValueError: not a jdm checkpoint / corrupt, or saved from another architecture or
+                other training data.
         """
         ckpt = read_checkpoint(path)
         mine = _json_plain(self.model.spec())
@@ -495,6 +792,13 @@ class Trainer:
             raise ValueError(f"checkpoint {path} was saved from a different model:\n"
                              f"  checkpoint spec: {ckpt.get('spec')}\n  this model's spec: {mine}\n"
                              "build the model with the checkpoint's settings, or use another out_dir")
+        data = ckpt.get("data")
+        if data is not None and data != self._data_id():
+            raise ValueError(f"checkpoint {path} was trained on other data ({data['images']} "
+                             f"images, sha256 {data['sha256'][:12]}…) than this run "
+                             f"({self._data_id()['images']} images, sha256 "
+                             f"{self._data_id()['sha256'][:12]}…): resume with the same data (the "
+                             "same --dataset and --limit), or use another out_dir")
         saved = ckpt.get("train_config", {})
         changed = [f"{k}: {saved[k]!r} -> {getattr(self.config, k)!r}" for k in _TRAJECTORY_FIELDS
                    if k in saved and saved[k] != getattr(self.config, k)]
@@ -510,6 +814,7 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        self._saved = (Path(path), self.step)
 
 
 def load_checkpoint_model(path: str | Path, ema: bool = True,
@@ -517,16 +822,25 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
     """Rebuild the model saved in a checkpoint (``build_model(ckpt["spec"])``) in eval mode.
 
     Args:
-        path: a checkpoint written by ``Trainer`` (e.g. ``runs/x/last.pt``).
+        path: a checkpoint written by ``Trainer`` (e.g. ``runs/x/last.pt``), or a shipped weights
+            file (``data/checkpoints/NAME.pt``, see ``jdm.pretrained``), which holds EMA weights.
         ema: load the EMA weights (what to sample from) instead of the raw ones.
         device: where to put the model (default: the CPU).
 
     Raises:
-        FileNotFoundError / ValueError: as ``read_checkpoint``.
+        FileNotFoundError / ValueError: as ``read_checkpoint``; ``ema=False`` on a weights file.
     """
     from .diffusion import build_model  # here, not at the top: the Trainer itself needs no UNet
+    from .pretrained import WEIGHTS_FORMAT, model_from_weights
 
-    ckpt = read_checkpoint(path)
+    path = Path(path)
+    blob = _load_file(path)
+    if isinstance(blob, dict) and blob.get("format") == WEIGHTS_FORMAT:
+        if not ema:
+            raise ValueError(f"{path} is a shipped weights file: it holds only the EMA weights, "
+                             "so there are no raw ones to load (drop --raw / ema=False)")
+        return model_from_weights(blob, path, device)
+    ckpt = _check_checkpoint(blob, path)
     model = build_model(ckpt["spec"])
     if ema:
         if "ema" not in ckpt:
