@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .inputs import check_images
 from .sampling import sample_loop
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
@@ -43,12 +44,22 @@ class DiffusionModel(nn.Module):
         """A JSON-able description that ``build_model`` turns back into this architecture."""
         return {"kind": self.kind, "unet": asdict(self.unet.config), "schedule": self.schedule.config()}
 
-    def _check_images(self, x: Tensor) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"expected images of shape (N, {', '.join(map(str, self.image_shape))}), "
-                f"got {tuple(x.shape)}"
-            )
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in ("classify", "predict", "guided_eps", "head"):
+                raise AttributeError(
+                    f"a {self.kind!r} model has no classifier head, so no .{name}: load a joint "
+                    "model (jdm.load_pretrained('jdm-fmnist')) or train one (--model joint)") from None
+            raise
+
+    def _check_images(self, x: Tensor, clean: bool = False) -> None:
+        """``jdm.inputs.check_images`` against this model: shape (N, C, H, W), dtype, device;
+        with ``clean``, also the [0, 1] / [0, 255] scale mistakes (one device sync, so not in
+        the training loss)."""
+        weights = next(self.parameters())
+        check_images(x, self.image_shape, dtype=weights.dtype, device=weights.device, clean=clean)
 
     def diffusion_loss(self, x0: Tensor) -> Tensor:
         """L_simple = E_{t, ε} ||ε − ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)||², averaged over pixels and batch

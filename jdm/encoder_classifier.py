@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS
+from .inputs import check_images
 from .joint import augment_images
 from .unet import UNet, UNetConfig
 
@@ -64,14 +65,14 @@ class EncoderClassifier(nn.Module):
         extra = {k: v for k, v in spec.items() if k not in ("kind", "unet")}
         return cls(UNet(config), **extra)
 
-    def _check_images(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"expected images of shape (N, {', '.join(map(str, self.image_shape))}), "
-                             f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+    def _check_images(self, x: Tensor, clean: bool = False) -> None:
+        """``jdm.inputs.check_images``: shape (N, C, H, W), dtype of the weights (any device:
+        ``predict`` moves batches); with ``clean``, also the [0, 1] / [0, 255] scale mistakes."""
+        check_images(x, self.image_shape, dtype=next(self.parameters()).dtype, clean=clean)
 
     def classify(self, x: Tensor) -> Tensor:
         """Logits (N, num_classes) of clean images x (N, C, H, W) in [-1, 1]; keeps gradients."""
-        self._check_images(x)
+        self._check_images(x, clean=True)
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.head(self.unet.encode(x, t))
 

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
+from .inputs import check_images, check_timesteps
 from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_CONDITIONAL_ETA, DEFAULT_INNER_STEPS,
                        DEFAULT_REPRESENTATION_STEP, GUIDANCE, EpsFn, check_targets,
                        classifier_guided_eps, representation_guided_eps)
@@ -120,6 +121,11 @@ def augment_images(x: Tensor, max_shift: int = 2, flip: bool = True,
     return x.contiguous()
 
 
+def _is_clean(t: Tensor | int | None) -> bool:
+    """Whether ``classify(x, t)`` sees clean images (t None or the int 0), whose scale is checked."""
+    return t is None or (isinstance(t, int) and t == 0)
+
+
 class JointDiffusion(DiffusionModel):
     """A DDPM whose UNet encoder also feeds a classifier head (Deja et al. 2023, Sec. 3).
 
@@ -186,15 +192,8 @@ class JointDiffusion(DiffusionModel):
         return y.long()
 
     def _timesteps(self, t: Tensor | int | None, n: int, device: torch.device) -> Tensor:
-        if t is None:
-            t = 0
-        if isinstance(t, int):
-            if not 0 <= t < self.schedule.num_steps:
-                raise ValueError(f"t must lie in 0..{self.schedule.num_steps - 1}, got {t}")
-            return torch.full((n,), t, dtype=torch.long, device=device)
-        if t.shape != (n,):
-            raise ValueError(f"t must be an int or a tensor of shape ({n},), got {tuple(t.shape)}")
-        return t.to(device)
+        """(n,) long steps on ``device`` from None (= 0), an int or an (n,) tensor, all in [0, T)."""
+        return check_timesteps(t, n, self.schedule.num_steps, device)
 
     # ------------------------------------------------------------------------------ the loss
     def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
@@ -229,7 +228,7 @@ class JointDiffusion(DiffusionModel):
             x_l = x0[labelled]
             if self.augment and self.training:
                 x_l = augment_images(x_l)
-            logits = self.classify(x_l)  # encode(x_0, t=0) → head: never touches the decoder
+            logits = self._logits(x_l, self._timesteps(0, x_l.shape[0], x_l.device))
             classification = F.cross_entropy(logits, y_l)
             accuracy = (logits.argmax(1) == y_l).float().mean()
             if self.noise_aware:
@@ -251,10 +250,16 @@ class JointDiffusion(DiffusionModel):
         ``t=None`` (or 0) classifies clean images, as trained by the joint loss; an int or an
         (N,) tensor classifies noisy x_t at that step (meaningful for a ``noise_aware`` model).
         Keeps gradients (guidance differentiates through it) and uses the model's current mode:
-        call ``model.eval()`` first, or use ``predict``.
+        call ``model.eval()`` first, or use ``predict``. Clean images are checked for their scale
+        (``jdm.inputs.check_image_range``: [0, 255] is an error, [0, 1] a warning).
         """
-        self._check_images(x)
-        return self.head(self.unet.encode(x, self._timesteps(t, x.shape[0], x.device)))
+        self._check_images(x, clean=_is_clean(t))
+        return self._logits(x, self._timesteps(t, x.shape[0], x.device))
+
+    def _logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """g_ω(e_ν(x, t)) without input checks (the training loss: encoder and head, never the
+        decoder). x: (N, C, H, W), t: (N,) long → (N, num_classes)."""
+        return self.head(self.unet.encode(x, t))
 
     def guided_eps(self, target: Tensor | int, n: int, *, guidance: str = "representation",
                    scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
@@ -303,18 +308,17 @@ class JointDiffusion(DiffusionModel):
 
     @torch.no_grad()
     def predict(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 512) -> Tensor:
-        """Class indices (N,) long, in eval mode (restored afterwards), ``batch_size`` at a time."""
-        self._check_images(x)
+        """Class indices (N,) long of images x (N, C, H, W) anywhere (moved to the model's device
+        ``batch_size`` at a time), in eval mode (restored afterwards). Checked as ``classify``."""
+        weights = next(self.parameters())
+        check_images(x, self.image_shape, dtype=weights.dtype, clean=_is_clean(t))
+        t = self._timesteps(t, x.shape[0], weights.device)
         was_training = self.training
         self.eval()
         try:
-            device = next(self.parameters()).device
-            out = []
-            for i in range(0, x.shape[0], batch_size):
-                xb = x[i:i + batch_size].to(device)
-                tb = t[i:i + batch_size] if isinstance(t, Tensor) else t
-                out.append(self.classify(xb, tb).argmax(1).cpu())
-            return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+            out = [self._logits(x[i:i + batch_size].to(weights.device), t[i:i + batch_size])
+                   .argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
+            return torch.cat(out)
         finally:
             self.train(was_training)
 
