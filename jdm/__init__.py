@@ -11,17 +11,18 @@ from .encoder_classifier import EncoderClassifier
 from .evaluator import EvaluatorNet
 from .joint import JointDiffusion
 from .pretrained import list_pretrained, load_pretrained
+from .sampling import Guidance
 from .schedule import NoiseSchedule
 from .train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model
 from .unet import UNET_PRESETS, UNet, UNetConfig
-from .utils import get_device, pick, quick_mode, seed_everything
+from .utils import eval_mode, get_device, pick, quick_mode, seed_everything
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClassifierHead", "DiffusionModel", "EncoderClassifier", "EvaluatorNet", "JointDiffusion", "NoiseSchedule",
-    "TrainConfig", "Trainer", "TrainingDiverged", "UNET_PRESETS", "UNet", "UNetConfig",
-    "build_model", "load_checkpoint_model", "counterfactual", "difference_map",
-    "get_device", "list_pretrained", "load_pretrained", "pick", "quick_mode", "seed_everything",
-    "__version__",
+    "ClassifierHead", "DiffusionModel", "EncoderClassifier", "EvaluatorNet", "Guidance",
+    "JointDiffusion", "NoiseSchedule", "TrainConfig", "Trainer", "TrainingDiverged",
+    "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "load_checkpoint_model",
+    "counterfactual", "difference_map", "eval_mode", "get_device", "list_pretrained",
+    "load_pretrained", "pick", "quick_mode", "seed_everything", "__version__",
 ]

@@ -520,27 +520,38 @@ def _class_index(text: str, names: list[str]) -> int:
 
 
 def _add_guidance_flags(p) -> None:
-    from .sampling import GUIDANCE
+    """The sampler flags, generated from ``jdm.Guidance``'s fields (their defaults stay there),
+    plus the model, the DDIM steps, the seed and the device."""
+    from dataclasses import fields
 
-    p.add_argument("--guidance", choices=GUIDANCE, default=None,
-                   help="representation: optimise the shared encoder features (the paper's "
-                        "sampler); classifier: classifier guidance with the model's head. "
-                        "Default: representation for conditional samples; classifier for "
-                        "counterfactuals when the head is noise-aware (see jdm.counterfactual)")
-    p.add_argument("--scale", type=float, default=None,
-                   help="step size of the representation update / classifier guidance scale "
-                        "(default: jdm.sampling's DEFAULT_REPRESENTATION_STEP / "
-                        "DEFAULT_CLASSIFIER_SCALE)")
+    from .sampling import Guidance
+
+    for f in fields(Guidance):
+        kind = {"scale": float, "inner_steps": _positive_int, "eta": float}.get(f.name, str)
+        p.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name,
+                       type=kind, choices=f.metadata.get("choices"), default=None,
+                       help=f.metadata["help"] + (f" (default: {f.default})"
+                                                  if f.default is not None else ""))
     p.add_argument("--steps", type=_positive_int, default=None,
-                   help="DDIM steps of the reverse process (default: 50 for samples, 20 over "
-                        "[0, t*] for counterfactuals)")
-    p.add_argument("--eta", type=float, default=None,
-                   help="DDIM noise (default: jdm.sampling.DEFAULT_CONDITIONAL_ETA)")
+                   help="DDIM steps of the reverse process (default: jdm.sampling.DEFAULT_DDIM_STEPS "
+                        "for samples, jdm.counterfactual.DEFAULT_COUNTERFACTUAL_STEPS over [0, t*] "
+                        "for counterfactuals)")
     p.add_argument("--model", default="joint-fmnist-small",
                    help="name of a shipped joint checkpoint (see jdm.list_pretrained())")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--device", default=None,
                    help="cuda, cuda:1, mps or cpu; default: the best available")
+
+
+def _guidance(args: argparse.Namespace):
+    """The ``jdm.Guidance`` the flags describe (flags left out keep Guidance's defaults)."""
+    from dataclasses import fields
+
+    from .sampling import Guidance
+
+    given = {f.name: getattr(args, f.name) for f in fields(Guidance)
+             if getattr(args, f.name) is not None}
+    return Guidance(**given)
 
 
 def add_explain(subparsers) -> None:
@@ -574,6 +585,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .counterfactual import counterfactual
     from .data import CLASS_NAMES, load_tensors
     from .evaluator import load_evaluator
+    from .joint import JointDiffusion
     from .metrics import image_distances
     from .pretrained import load_pretrained
     from .viz import counterfactual_gallery
@@ -586,7 +598,7 @@ def run_explain(args: argparse.Namespace) -> int:
         len(args.image_index) if len(args.target) == 1 else 1)
     device = get_device(args.device)
     model = load_pretrained(args.model, device=device)
-    if not hasattr(model, "guided_eps"):
+    if not isinstance(model, JointDiffusion):
         raise ValueError(f"{args.model!r} is not a joint model; counterfactuals need its classifier "
                          "head (e.g. joint-fmnist-small)")
     images, labels = load_tensors("fashion_mnist", train=False)
@@ -595,10 +607,9 @@ def run_explain(args: argparse.Namespace) -> int:
         raise ValueError(f"--image-index must be below {images.shape[0]}, got {bad}")
     index = torch.tensor(args.image_index)
     x, y = images[index], labels[index]
-    x_cf = counterfactual(model, x, torch.tensor(targets), t_star=args.t_star,
-                          guidance=args.guidance, scale=args.scale, steps=args.steps or 20,
-                          eta=args.eta,
-                          generator=torch.Generator().manual_seed(args.seed)).cpu()
+    guidance = _guidance(args)
+    x_cf = counterfactual(model, x, torch.tensor(targets), t_star=args.t_star, guidance=guidance,
+                          steps=args.steps, generator=torch.Generator().manual_seed(args.seed)).cpu()
     evaluator = load_evaluator(device)
     before, after = evaluator.predict(x).tolist(), evaluator.predict(x_cf).tolist()
     short = [n.split("/")[0] for n in names]
@@ -611,7 +622,7 @@ def run_explain(args: argparse.Namespace) -> int:
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
           f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, "
-          f"{args.guidance or 'default'} guidance)")
+          f"{guidance.resolve(model.noise_aware)})")
     return 0
 
 
@@ -647,21 +658,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import (evaluate_conditional, evaluate_counterfactuals, other_class_targets,
                            runner_up_targets)
     from .evaluator import load_evaluator
+    from .joint import JointDiffusion
     from .pretrained import load_pretrained
 
     device = get_device(args.device)
     model = load_pretrained(args.model, device=device)
-    if not hasattr(model, "guided_eps"):
+    if not isinstance(model, JointDiffusion):
         raise ValueError(f"{args.model!r} is not a joint model (e.g. joint-fmnist-small)")
+    guidance = _guidance(args)
     evaluator = load_evaluator(device)
     test_x, test_y = load_tensors("fashion_mnist", train=False)
-    sampler = dict(scale=args.scale, eta=args.eta, seed=args.seed, batch_size=args.batch_size)
+    sampler = dict(guidance=guidance, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
     rows = []
     if args.what == "conditional":
         res = evaluate_conditional(model, evaluator, test_x, test_y, per_class=args.per_class,
-                                   guidance=args.guidance or "representation",
-                                   steps=args.steps or 50, **sampler)
-        rows.append({k: v for k, v in res.items() if k not in ("samples", "labels")})
+                                   **sampler)
+        rows.append({"guidance": str(guidance.resolve(model.noise_aware)),
+                     **{k: v for k, v in res.items() if k not in ("samples", "labels")}})
     else:
         if args.n > test_x.shape[0]:
             raise ValueError(f"--n must be at most {test_x.shape[0]}, got {args.n}")
@@ -675,9 +688,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for t_star in args.t_star or [DEFAULT_T_STAR]:
             res = evaluate_counterfactuals(model, evaluator, test_x[:args.n], test_y[:args.n],
                                            targets, test_x, test_y, t_star=t_star,
-                                           guidance=args.guidance, steps=args.steps or 20,
                                            exclude=torch.arange(args.n), **sampler)
             rows.append({"t_star": t_star, "targets": args.targets,
+                         "guidance": str(guidance.resolve(model.noise_aware)),
                          **{k: v for k, v in res.items() if k != "counterfactuals"}})
     report = {"what": args.what, "model": args.model, "command": "python -m jdm " +
               shlex.join(args.argv), "hardware": hardware_string(device), "results": rows}

@@ -12,9 +12,13 @@ small t* keeps the counterfactual close to x_0 but may not reach the target clas
 the class but forgets x_0 (notebook 07 measures the trade-off). ``difference_map`` shows what
 changed.
 
-Depends on torch plus ``jdm.sampling`` (``check_targets``); the model is a ``JointDiffusion``.
+Copy this file with ``sampling.py``, ``schedule.py`` and ``utils.py`` and it works (torch and tqdm
+only); the model needs ``unet.encode``/``unet.decode``, ``head``, ``schedule``, ``num_classes`` and
+``image_shape`` (a ``JointDiffusion``; ``tests/test_copyable.py`` builds one from ``unet.py`` and
+``classifier.py`` alone).
 
-    x_cf = counterfactual(model, x, target=0, t_star=275, generator=torch.Generator().manual_seed(0))
+    x_cf = counterfactual(model, x, target=0, generator=torch.Generator().manual_seed(0))
+    x_cf = counterfactual(model, x, target=0, guidance=Guidance("representation", scale=300))
     diff = difference_map(x, x_cf)            # (N, H, W), signed
 """
 from __future__ import annotations
@@ -22,9 +26,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sampling import DEFAULT_CONDITIONAL_ETA, check_targets
+try:
+    from .sampling import Guidance, check_targets, guided_eps, sample_loop
+    from .utils import eval_mode
+except ImportError:  # copied next to sampling.py, schedule.py and utils.py
+    from sampling import Guidance, check_targets, guided_eps, sample_loop
+    from utils import eval_mode
 
-__all__ = ["counterfactual", "difference_map", "DEFAULT_T_STAR"]
+__all__ = ["counterfactual", "difference_map", "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS"]
 
 DEFAULT_T_STAR = 275
 """Default noising step t* out of T = 1000; notebook 07 measures flip rate and closeness against t*.
@@ -34,6 +43,10 @@ second, classifier guidance, DDIM-20: t* = 200 flips 0.82 (evaluator) with mean 
 0.89, 0.21; 275: 0.93, 0.23; 300: 0.94, 0.25.
 """
 
+DEFAULT_COUNTERFACTUAL_STEPS = 20
+"""DDIM steps over [0, t*] when ``steps=None``: 20 steps over t* ≈ 300 are as far apart as
+DDIM-50's over all 1000."""
+
 
 def counterfactual(
     model,
@@ -41,12 +54,9 @@ def counterfactual(
     target: Tensor | int,
     *,
     t_star: int = DEFAULT_T_STAR,
-    guidance: str | None = None,
-    scale: float | None = None,
-    inner_steps: int | None = None,
+    guidance: Guidance | str | None = None,
     method: str = "ddim",
-    steps: int | None = 20,
-    eta: float | None = None,
+    steps: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
     return_trajectory: bool = False,
@@ -54,56 +64,55 @@ def counterfactual(
     """Counterfactuals of ``x`` towards ``target``: noise to ``t_star``, then guided reverse process.
 
     Args:
-        model: a ``JointDiffusion`` (its conditional sampler does the reverse process).
+        model: a ``JointDiffusion``.
         x: (N, C, H, W) real images in [-1, 1].
-        target: the class to move to: an int, or (N,) class indices.
+        target: the class to move to: an int, or (N,) class indices (``sample`` calls it
+            ``labels``).
         t_star: the step x is noised to, 1 <= t_star < T. Larger: more change.
-        guidance, scale, inner_steps: the conditional sampler (``JointDiffusion.guided_eps``).
-            ``guidance=None``: ``"classifier"`` for a model with a noise-aware head (on the
-            shipped model it flips far more images at the same closeness: notebook 07), else
-            ``"representation"``.
-        method, steps, eta: the reverse process (``sample_loop``); DDIM ``steps`` are spread
-            over [0, t_star] (20 steps over t* ≈ 300 are as far apart as DDIM-50's over all
-            1000), so ``steps`` >= t_star + 1 means every step. ``eta=None``: the
-            conditional sampler's default, ``jdm.sampling.DEFAULT_CONDITIONAL_ETA``.
-        generator: draws the forward-process noise (and DDPM/η > 0 noise): same generator state,
-            same counterfactuals.
+        guidance: the conditional sampler, as for ``JointDiffusion.sample`` (a ``Guidance``, a kind
+            name, or None for the defaults; its ``eta`` is the reverse process's DDIM noise).
+        method, steps: ``"ddim"`` with ``steps`` steps spread over [0, t_star] (None:
+            ``DEFAULT_COUNTERFACTUAL_STEPS``; at most every step) or ancestral ``"ddpm"`` over
+            every step from t_star.
+        generator: draws the forward-process noise (and the reverse process's): same generator
+            state, same counterfactuals.
         progress: show a progress bar.
         return_trajectory: also return [x_{t*}, …, x_cf] (each (N, C, H, W), on the CPU).
 
     Returns:
         x_cf (N, C, H, W) in [-1, 1]; with ``return_trajectory``, (x_cf, trajectory).
     """
-    if x.dim() != 4 or tuple(x.shape[1:]) != tuple(model.image_shape):
-        raise ValueError(f"x must be images of shape (N, {', '.join(map(str, model.image_shape))}), "
-                         f"got {tuple(x.shape)}")
+    shape = tuple(model.image_shape)
+    if not isinstance(x, Tensor) or x.dim() != 4 or tuple(x.shape[1:]) != shape:
+        raise ValueError(f"x must be images of shape (N, {', '.join(map(str, shape))}), got "
+                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
     if x.shape[0] < 1:
         raise ValueError("x must hold at least one image")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor in [-1, 1], got dtype {x.dtype}")
     if float(x.min()) < -1 - 1e-6 or float(x.max()) > 1 + 1e-6:
         raise ValueError(f"x must lie in [-1, 1] (jdm's image range), got values in "
                          f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
     T = model.schedule.num_steps
     if isinstance(t_star, bool) or not isinstance(t_star, int) or not 1 <= t_star < T:
         raise ValueError(f"t_star must be an int in 1..{T - 1}, got {t_star!r}")
+    if method == "ddim" and steps is None:
+        steps = DEFAULT_COUNTERFACTUAL_STEPS
     n = x.shape[0]
     device = next(model.parameters()).device
     target = check_targets(target, n, model.num_classes, device)
-    if guidance is None:
-        guidance = "classifier" if getattr(model, "noise_aware", False) else "representation"
-    kwargs = {} if inner_steps is None else {"inner_steps": inner_steps}
-    eps_fn = model.guided_eps(target, n, guidance=guidance, scale=scale, **kwargs)
+    g = Guidance.of(guidance)
+    eps_fn = guided_eps(model, target, n, g)
 
     # forward process to t*: noise drawn on the generator's device, as in sample_loop
     noise = torch.randn(x.shape, generator=generator,
                         device=generator.device if generator is not None else "cpu")
     t = torch.full((n,), t_star, dtype=torch.long, device=device)
-    x_t = model.schedule.q_sample(x.to(device), t, noise.to(device))
-    eta = DEFAULT_CONDITIONAL_ETA if eta is None else eta
-    if method == "ddim":
-        steps = min(20 if steps is None else steps, t_star + 1)
-    return model.run_sampler(eps_fn, n, method=method, steps=steps, eta=eta, generator=generator,
-                             progress=progress, x_T=x_t, start_step=t_star,
-                             return_trajectory=return_trajectory)
+    x_t = model.schedule.q_sample(x.to(device).float(), t, noise.to(device))
+    with eval_mode(model), torch.no_grad():
+        return sample_loop(eps_fn, model.schedule, (n, *shape), method=method, steps=steps,
+                           eta=g.eta, generator=generator, device=device, progress=progress,
+                           x_T=x_t, start_step=t_star, return_trajectory=return_trajectory)
 
 
 def difference_map(x: Tensor, x_cf: Tensor) -> Tensor:

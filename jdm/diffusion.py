@@ -16,6 +16,7 @@ from .inputs import check_images
 from .sampling import sample_loop
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
+from .utils import eval_mode
 
 __all__ = ["DiffusionModel", "build_model", "MODEL_KINDS"]
 
@@ -86,41 +87,37 @@ class DiffusionModel(nn.Module):
         n: int,
         *,
         method: str = "ddim",
-        steps: int | None = 50,
-        eta: float = 0.0,
+        steps: int | None = None,
+        eta: float | None = None,
         generator: torch.Generator | None = None,
         progress: bool = True,
     ) -> Tensor:
-        """Draw ``n`` images (n, C, H, W) in [-1, 1] (DDIM with ``steps`` steps, or ancestral DDPM
-        with ``method="ddpm", steps=None``). Runs in eval mode (no dropout) whatever the model's
-        mode, and leaves that mode as it was."""
-        return self.run_sampler(self.eps, n, method=method, steps=steps, eta=eta,
-                                generator=generator, progress=progress)
+        """Draw ``n`` images (n, C, H, W) in [-1, 1]: DDIM with ``steps`` steps (None:
+        ``jdm.sampling.DEFAULT_DDIM_STEPS``) and ``eta`` (None: 0, deterministic), or ancestral
+        DDPM over every step with ``method="ddpm"``. Runs in eval mode (no dropout) whatever the
+        model's mode, and leaves that mode as it was."""
+        return self.run_sampler(self.eps, n, method=method, steps=steps,
+                                eta=0.0 if eta is None else eta, generator=generator,
+                                progress=progress)
 
     @torch.no_grad()
-    def run_sampler(self, eps_fn, n: int, *, method: str = "ddim", steps: int | None = 50,
+    def run_sampler(self, eps_fn, n: int, *, method: str = "ddim", steps: int | None = None,
                     eta: float = 0.0, generator: torch.Generator | None = None,
                     progress: bool = True, x_T: Tensor | None = None,
                     start_step: int | None = None, return_trajectory: bool = False):
         """``sample_loop`` with ``eps_fn`` on this model's schedule and device, in eval mode.
 
         The shared body of every sampler (unconditional, conditional, counterfactual); the
-        arguments are ``sample_loop``'s. ``steps=50`` with ``method="ddpm"`` means "every step".
+        arguments are ``sample_loop``'s.
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be an int >= 1, got {n!r}")
         device = next(self.parameters()).device
-        if method == "ddpm" and steps == 50:  # the DDIM default does not apply to ancestral sampling
-            steps = None
-        was_training = self.training
-        self.eval()  # sampling with dropout on would be a silent bug; restore the mode afterwards
-        try:
+        with eval_mode(self):
             return sample_loop(eps_fn, self.schedule, (n, *self.image_shape), method=method,
                                steps=steps, eta=eta, generator=generator, device=device,
                                progress=progress, x_T=x_T, start_step=start_step,
                                return_trajectory=return_trajectory)
-        finally:
-            self.train(was_training)
 
 
 MODEL_KINDS: dict[str, type[nn.Module]] = {"ddpm": DiffusionModel}

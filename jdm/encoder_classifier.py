@@ -25,6 +25,7 @@ from .diffusion import MODEL_KINDS
 from .inputs import check_images
 from .joint import augment_images
 from .unet import UNet, UNetConfig
+from .utils import eval_mode
 
 __all__ = ["EncoderClassifier"]
 
@@ -99,15 +100,11 @@ class EncoderClassifier(nn.Module):
     def predict(self, x: Tensor, batch_size: int = 512) -> Tensor:
         """Class indices (N,) long, in eval mode (restored afterwards), ``batch_size`` at a time."""
         self._check_images(x)
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
+        device = next(self.parameters()).device
+        with eval_mode(self):
             out = [self.classify(x[i:i + batch_size].to(device)).argmax(1).cpu()
                    for i in range(0, x.shape[0], batch_size)]
-            return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-        finally:
-            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 MODEL_KINDS[EncoderClassifier.kind] = EncoderClassifier  # build_model(spec) with kind "classifier"

@@ -6,9 +6,12 @@ evaluator CNN (``jdm.evaluator``), trained separately on real images; its 128-d 
 the Fréchet distances. Notebooks 06 and 07 and ``python -m jdm evaluate`` call these.
 
     ev = load_evaluator()
-    res = evaluate_conditional(model, ev, test_x, test_y, per_class=100, guidance="classifier")
+    res = evaluate_conditional(model, ev, test_x, test_y, per_class=100, guidance=Guidance("classifier"))
     res["agreement"], res["fd"], res["fd_per_class"]
     cf = evaluate_counterfactuals(model, ev, x, y, targets, test_x, test_y, t_star=275)
+
+Both take the sampler as one ``jdm.Guidance`` (or a kind name, or None for the defaults), exactly
+as ``JointDiffusion.sample`` and ``jdm.counterfactual`` do.
     cf["flip_rate"], cf["l1"], cf["fd"]
 """
 from __future__ import annotations
@@ -22,6 +25,8 @@ from tqdm.auto import tqdm
 from .counterfactual import DEFAULT_T_STAR, counterfactual
 from .metrics import (class_agreement, frechet_distance, image_distances, per_class_frechet,
                       precision_recall)
+from .sampling import Guidance
+from .utils import eval_mode
 
 __all__ = ["evaluate_conditional", "evaluate_counterfactuals", "runner_up_targets",
            "other_class_targets", "class_matched_indices"]
@@ -34,14 +39,10 @@ def runner_up_targets(model, images: Tensor, batch_size: int = 500) -> Tensor:
     The natural question a counterfactual answers is "why this class and not the runner-up?"
     (shirt rather than T-shirt, sneaker rather than ankle boot), so that is the default target.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
+    device = next(model.parameters()).device
+    with eval_mode(model):
         out = [model.classify(images[i:i + batch_size].to(device)).topk(2, dim=1).indices[:, 1].cpu()
                for i in range(0, images.shape[0], batch_size)]
-    finally:
-        model.train(was_training)
     return torch.cat(out)
 
 
@@ -76,10 +77,9 @@ def _batched(fn, n: int, batch_size: int, progress: bool, desc: str) -> Tensor:
 
 
 def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Tensor, *,
-                         per_class: int = 100, guidance: str = "representation",
-                         scale: float | None = None, steps: int = 50, eta: float | None = None,
-                         seed: int = 0, batch_size: int = 250,
-                         progress: bool = True) -> dict:
+                         per_class: int = 100, guidance: Guidance | str | None = None,
+                         conditional: bool = True, steps: int | None = None, seed: int = 0,
+                         batch_size: int = 250, progress: bool = True) -> dict:
     """Draw ``per_class`` conditional samples of every class and score them.
 
     Args:
@@ -87,8 +87,9 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
         evaluator: the judge (``load_evaluator()``), with ``predict`` and ``embed``.
         real_images, real_labels: (N, C, H, W), (N,) real images (the test split) to compare with.
         per_class: samples per class (>= 2, for the per-class FD).
-        guidance, scale, steps, eta: the sampler (``JointDiffusion.sample``); ``guidance=None``
-            samples unconditionally (then ``agreement`` is the chance level a sampler must beat).
+        guidance, steps: the sampler (``JointDiffusion.sample``).
+        conditional: False samples unconditionally (``guidance`` unused): then ``agreement`` is
+            the chance level a sampler must beat.
         seed: seeds the sampler's generator.
         batch_size: images per sampler call.
 
@@ -107,9 +108,8 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
     def draw(part: slice) -> Tensor:
         chunk = labels[part]
-        return model.sample(len(chunk), labels=None if guidance is None else chunk,
-                            guidance=guidance or "representation", scale=scale, steps=steps,
-                            eta=eta, generator=generator, progress=False)
+        return model.sample(len(chunk), labels=chunk if conditional else None, guidance=guidance,
+                            steps=steps, generator=generator, progress=False)
 
     samples = _batched(draw, len(labels), batch_size, progress, "conditional samples")
     seconds = time.perf_counter() - start
@@ -130,17 +130,16 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
 def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
                              real_images: Tensor, real_labels: Tensor, *,
-                             t_star: int = DEFAULT_T_STAR, guidance: str | None = None,
-                             scale: float | None = None, steps: int = 20, eta: float | None = None,
-                             seed: int = 0, batch_size: int = 250, exclude: Tensor | None = None,
-                             progress: bool = True) -> dict:
+                             t_star: int = DEFAULT_T_STAR, guidance: Guidance | str | None = None,
+                             steps: int | None = None, seed: int = 0, batch_size: int = 250,
+                             exclude: Tensor | None = None, progress: bool = True) -> dict:
     """Counterfactuals of ``images`` towards ``targets``, scored by the evaluator.
 
     Args:
         model, evaluator: as in ``evaluate_conditional``.
         images, labels, targets: (N, C, H, W) originals, (N,) their classes, (N,) target classes.
         real_images, real_labels: real images to draw the class-matched comparison set from.
-        t_star, guidance, scale, steps, eta: ``jdm.counterfactual``'s.
+        t_star, guidance, steps: ``jdm.counterfactual``'s.
         exclude: indices into ``real_images`` not to use for the comparison (the originals, when
             they come from the same split).
 
@@ -154,8 +153,7 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
 
     def explain(part: slice) -> Tensor:
         return counterfactual(model, images[part], targets[part], t_star=t_star, guidance=guidance,
-                              scale=scale, steps=steps, eta=eta, generator=generator,
-                              progress=False)
+                              steps=steps, generator=generator, progress=False)
 
     cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={t_star}")
     seconds = time.perf_counter() - start

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diffusion import MODEL_KINDS
+from .utils import eval_mode
 
 __all__ = ["EvaluatorNet", "train_evaluator", "load_evaluator", "EVALUATOR_NAME"]
 
@@ -139,14 +140,10 @@ class EvaluatorNet(nn.Module):
         self._check_images(x)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
+        device = next(self.parameters()).device
+        with eval_mode(self):
             return torch.cat([fn(x[i:i + batch_size].to(device)).cpu()
                               for i in range(0, x.shape[0], batch_size)])
-        finally:
-            self.train(was_training)
 
     def embed(self, x: Tensor, batch_size: int = 1000) -> Tensor:
         """``features`` of many images, in eval mode, ``batch_size`` at a time: (N, feature_dim)."""

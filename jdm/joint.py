@@ -47,9 +47,7 @@ from torch import Tensor
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
 from .inputs import check_images, check_timesteps
-from .sampling import (DEFAULT_CLASSIFIER_SCALE, DEFAULT_CONDITIONAL_ETA, DEFAULT_INNER_STEPS,
-                       DEFAULT_REPRESENTATION_STEP, GUIDANCE, EpsFn, check_targets,
-                       classifier_guided_eps, representation_guided_eps)
+from .sampling import Guidance, guided_eps
 from .schedule import NoiseSchedule
 from .unet import Features, UNet
 
@@ -261,50 +259,32 @@ class JointDiffusion(DiffusionModel):
         decoder). x: (N, C, H, W), t: (N,) long → (N, num_classes)."""
         return self.head(self.unet.encode(x, t))
 
-    def guided_eps(self, target: Tensor | int, n: int, *, guidance: str = "representation",
-                   scale: float | None = None, inner_steps: int = DEFAULT_INNER_STEPS,
-                   levels: str = "lowest") -> EpsFn:
-        """The conditional noise predictor towards ``target`` for a batch of ``n`` images.
-
-        Args:
-            target: a class index, or (n,) class indices.
-            guidance: ``"representation"`` (optimised encoder features, the paper's sampler; see
-                ``jdm.sampling.representation_guided_eps``) or ``"classifier"`` (classifier
-                guidance with this model's head; ``classifier_guided_eps``).
-            scale: the step size γ (representation) or the guidance scale s (classifier); None
-                gives ``DEFAULT_REPRESENTATION_STEP`` / ``DEFAULT_CLASSIFIER_SCALE``.
-            inner_steps, levels: feature updates per reverse step, and which features move
-                (representation only; see ``representation_guided_eps``).
-        """
-        if guidance not in GUIDANCE:
-            raise ValueError(f"guidance must be one of {GUIDANCE}, got {guidance!r}")
-        target = check_targets(target, n, self.num_classes, next(self.parameters()).device)
-        if guidance == "representation":
-            step = DEFAULT_REPRESENTATION_STEP if scale is None else scale
-            return representation_guided_eps(self, target, step_size=step, inner_steps=inner_steps,
-                                             levels=levels)
-        return classifier_guided_eps(self, target,
-                                     scale=DEFAULT_CLASSIFIER_SCALE if scale is None else scale)
-
     def sample(self, n: int, *, labels: Tensor | int | None = None,
-               guidance: str = "representation", scale: float | None = None,
-               inner_steps: int = DEFAULT_INNER_STEPS, levels: str = "lowest",
-               method: str = "ddim", steps: int | None = 50, eta: float | None = None,
+               guidance: Guidance | str | None = None, method: str = "ddim",
+               steps: int | None = None, eta: float | None = None,
                generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
         """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
 
-        ``labels=None`` samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
-        tensor of class indices samples conditionally with ``guidance`` (see ``guided_eps`` for
-        ``guidance``, ``scale``, ``inner_steps`` and ``levels``). The sampler arguments are
-        ``DiffusionModel.sample``'s, except that ``eta=None`` means 0 (deterministic DDIM) without
-        labels and ``DEFAULT_CONDITIONAL_ETA`` (1) with them.
+        Args:
+            labels: None samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
+                tensor of class indices samples conditionally (``jdm.counterfactual`` calls the
+                same thing ``target``).
+            guidance: how to steer (a ``jdm.Guidance``, a kind name, or None for the defaults:
+                ``jdm.sampling.DEFAULT_GUIDANCE``); only used with ``labels``.
+            method, steps: ``"ddim"`` with ``steps`` steps (None: ``DEFAULT_DDIM_STEPS``) or
+                ancestral ``"ddpm"`` over every step.
+            eta: DDIM noise; None means the method's default: 0 without labels, ``guidance.eta``
+                with them.
+            generator: makes the draw reproducible.
         """
-        if eta is None:
-            eta = 0.0 if labels is None else DEFAULT_CONDITIONAL_ETA
-        eps_fn = self.eps if labels is None else self.guided_eps(
-            labels, n, guidance=guidance, scale=scale, inner_steps=inner_steps, levels=levels)
-        return self.run_sampler(eps_fn, n, method=method, steps=steps, eta=eta,
-                                generator=generator, progress=progress)
+        if labels is None:
+            eps_fn, default_eta = self.eps, 0.0
+        else:
+            g = Guidance.of(guidance)
+            eps_fn, default_eta = guided_eps(self, labels, n, g), g.eta
+        return self.run_sampler(eps_fn, n, method=method, steps=steps,
+                                eta=default_eta if eta is None else eta, generator=generator,
+                                progress=progress)
 
     @torch.no_grad()
     def predict(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 512) -> Tensor:

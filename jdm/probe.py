@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .schedule import NoiseSchedule
+from .utils import eval_mode
 
 __all__ = ["encoder_features", "fit_linear_probe"]
 
@@ -37,21 +38,19 @@ def encoder_features(unet: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: in
     if not 0 <= t < schedule.num_steps:
         raise ValueError(f"t must lie in [0, {schedule.num_steps - 1}], got {t}")
     device = next(unet.parameters()).device
-    was_training = unet.training
-    unet.eval()
     generator = torch.Generator().manual_seed(seed)
     pooled: list[list[Tensor]] = []
-    for start in range(0, x0.shape[0], batch_size):
-        batch = x0[start:start + batch_size].to(device)
-        steps = torch.full((batch.shape[0],), t, device=device, dtype=torch.long)
-        x_t = schedule.q_sample(batch, steps, generator=generator)
-        bottleneck, skips = unet.encode(x_t, steps)
-        maps = [bottleneck, *skips]
-        if not pooled:
-            pooled = [[] for _ in maps]
-        for store, fmap in zip(pooled, maps):
-            store.append(fmap.float().mean(dim=(2, 3)).cpu())
-    unet.train(was_training)
+    with eval_mode(unet):
+        for start in range(0, x0.shape[0], batch_size):
+            batch = x0[start:start + batch_size].to(device)
+            steps = torch.full((batch.shape[0],), t, device=device, dtype=torch.long)
+            x_t = schedule.q_sample(batch, steps, generator=generator)
+            bottleneck, skips = unet.encode(x_t, steps)
+            maps = [bottleneck, *skips]
+            if not pooled:
+                pooled = [[] for _ in maps]
+            for store, fmap in zip(pooled, maps):
+                store.append(fmap.float().mean(dim=(2, 3)).cpu())
     return [torch.cat(store) for store in pooled]
 
 

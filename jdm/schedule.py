@@ -10,6 +10,8 @@ Conventions
 * Images are float tensors ``(N, C, H, W)`` in [-1, 1]; ``t`` is a ``LongTensor`` of shape ``(N,)``.
 * Everything the schedule derives is a registered buffer, so ``schedule.to(device)`` moves it.
   The buffers are not persistent: a schedule is rebuilt from its arguments, never loaded.
+  Every lookup follows the *input's* device (a schedule on the GPU serves CPU tensors and the
+  other way round), so a model and its images never have to be moved in step by hand.
 
 References: DDPM (Ho et al. 2020, eqs. 4, 6, 7, 11 and Algorithm 2), improved DDPM (Nichol &
 Dhariwal 2021, eq. 17, the cosine schedule) and DDIM (Song et al. 2021, eq. 12).
@@ -21,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["linear_betas", "cosine_betas", "randn_like", "NoiseSchedule"]
+__all__ = ["linear_betas", "cosine_betas", "randn_like", "NoiseSchedule", "REFERENCE_STEPS"]
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -33,13 +35,26 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
-def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
-    """β_t spaced linearly from ``beta_start`` to ``beta_end`` (DDPM). Shape ``(num_steps,)``, float64."""
+REFERENCE_STEPS = 1000
+"""The T that the linear schedule's ``beta_start``/``beta_end`` are given for (DDPM's T = 1000)."""
+
+
+def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 max_beta: float = 0.999) -> Tensor:
+    """β_t spaced linearly (DDPM), shape ``(num_steps,)``, float64.
+
+    ``beta_start``/``beta_end`` are DDPM's values for T = 1000; for another T both are scaled by
+    1000/T (as improved-diffusion and denoising-diffusion-pytorch do), so that ᾱ_T ≈ 0 for any T
+    and sampling can start from pure noise: unscaled, ᾱ_T would be 0.60 at T = 50 and 0.08 at
+    T = 250 (notebook 01 shows why). Capped at ``max_beta`` for very small T.
+    """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if not 0 < beta_start <= beta_end < 1:
         raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {beta_start}, {beta_end}")
-    return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
+    scale = REFERENCE_STEPS / num_steps
+    betas = torch.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=torch.float64)
+    return betas.clamp(max=max_beta)
 
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -61,8 +76,8 @@ class NoiseSchedule(nn.Module):
 
     Args:
         num_steps: T, the number of diffusion steps (the paper: 1000; its Fashion-MNIST run 500).
-        kind: ``"linear"`` (β from ``beta_start`` to ``beta_end``) or ``"cosine"``.
-        beta_start, beta_end: the linear schedule's end points (ignored for cosine).
+        kind: ``"linear"`` (β from ``beta_start`` to ``beta_end``, scaled by 1000/T) or ``"cosine"``.
+        beta_start, beta_end: the linear schedule's end points for T = 1000 (ignored for cosine).
     """
 
     def __init__(
@@ -120,8 +135,8 @@ class NoiseSchedule(nn.Module):
     # ----------------------------------------------------------------------------- helpers
     def _at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
         """``values[t]`` reshaped to broadcast against ``like`` (N, C, H, W) → (N, 1, 1, 1)."""
-        t = self._check_t(t, like.shape[0])
-        return values[t].reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+        t = self._check_t(t, like.shape[0]).to(like.device)
+        return values.to(like.device)[t].reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
     def _check_t(self, t: Tensor, batch: int | None = None) -> Tensor:
         """Validate timesteps: an integer tensor (N,), N = ``batch`` when given, values in [0, T)."""
@@ -129,9 +144,10 @@ class NoiseSchedule(nn.Module):
             raise ValueError("t must be an integer tensor of shape (N,), e.g. torch.full((N,), 10)")
         if batch is not None and t.shape[0] != batch:
             raise ValueError(f"t must have shape ({batch},) to match the batch, got {tuple(t.shape)}")
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
+        # (values on the meta device are unknown: the device tests run shapes only)
+        if t.numel() and t.device.type != "meta" and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
             raise ValueError(f"t must lie in [0, {self.num_steps - 1}], got {t.min()}..{t.max()}")
-        return t.to(self.betas.device)
+        return t
 
     def sample_timesteps(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` timesteps drawn uniformly from {0, …, T−1} (DDPM Algorithm 1). Shape ``(n,)``."""
@@ -141,8 +157,8 @@ class NoiseSchedule(nn.Module):
 
     def snr(self, t: Tensor) -> Tensor:
         """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at timesteps ``t`` (N,) → (N,)."""
-        t = self._check_t(t)
-        return self.alpha_bars[t] / (1 - self.alpha_bars[t])
+        alpha_bars = self.alpha_bars.to(t.device)[self._check_t(t)]
+        return alpha_bars / (1 - alpha_bars)
 
     # ----------------------------------------------------------------------------- forward
     def q_sample(
@@ -232,7 +248,8 @@ class NoiseSchedule(nn.Module):
         """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {eta}")
-        if t_prev.shape != t.shape or bool((t_prev >= t).any()) or bool((t_prev < -1).any()):
+        if t_prev.shape != t.shape or (t.device.type != "meta" and (
+                bool((t_prev >= t).any()) or bool((t_prev < -1).any()))):
             raise ValueError("t_prev must have t's shape and satisfy -1 <= t_prev < t")
         x0 = self.predict_x0(xt, t, eps)
         if clip_x0:

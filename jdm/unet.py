@@ -54,9 +54,12 @@ __all__ = [
 ]
 
 
-@dataclass
+@dataclass(frozen=True)
 class UNetConfig:
     """Architecture of a ``UNet``; plain data, so it round-trips through JSON (``asdict``).
+
+    Frozen: a preset is shared by every model built from it, so vary it with
+    ``dataclasses.replace(UNET_PRESETS["tiny"], dropout=0.0)``, never by assignment.
 
     Attributes:
         image_channels: C of the input and output images.

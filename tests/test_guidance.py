@@ -1,16 +1,27 @@
-"""Tests for the conditional samplers (jdm.sampling) and JointDiffusion.sample(labels=…)."""
+"""Tests for the conditional samplers (jdm.sampling), jdm.Guidance and JointDiffusion.sample(labels=…)."""
+import dataclasses
+import warnings
+
 import pytest
 import torch
 
 from jdm.joint import JointDiffusion
-from jdm.sampling import check_targets, classifier_guided_eps, representation_guided_eps
+from jdm.sampling import (DEFAULT_LEVELS, DEFAULT_SCALES, Guidance, check_targets,
+                          classifier_guided_eps, guided_eps, representation_guided_eps,
+                          representation_x0_guided_eps)
 from jdm.schedule import NoiseSchedule
 from jdm.unet import UNET_PRESETS, Features, UNet
 
 
-def make() -> JointDiffusion:
+def make(noise_aware: bool = True) -> JointDiffusion:
     torch.manual_seed(0)
-    return JointDiffusion(UNet(UNET_PRESETS["tiny"]), NoiseSchedule(50), head_dropout=0.0).eval()
+    return JointDiffusion(UNet(UNET_PRESETS["tiny"]), NoiseSchedule(50), head_dropout=0.0,
+                          noise_aware=noise_aware).eval()
+
+
+def z_log_prob(model, feats, target):
+    """log p(target | z) of the head applied to the features themselves, per example."""
+    return model.head(feats).log_softmax(1).gather(1, target[:, None]).squeeze(1)
 
 
 def x0_log_prob(model, x_t, t, feats, target):
@@ -19,10 +30,44 @@ def x0_log_prob(model, x_t, t, feats, target):
     return model.classify(x0).log_softmax(1).gather(1, target[:, None]).squeeze(1)
 
 
+def moved_features(model, x_t, t, target, step):
+    """The paper's update z ← z + step·∇_z log p(target | z) on every map, by hand."""
+    feats = model.unet.encode(x_t, t)
+    z = [m.detach().clone().requires_grad_(True) for m in (feats.bottleneck, *feats.skips)]
+    grads = torch.autograd.grad(z_log_prob(model, Features(z[0], z[1:]), target).sum(), z)
+    return feats, Features(*(lambda m: (m[0], m[1:]))([m + step * g for m, g in zip(z, grads)]))
+
+
+def test_paper_sampler_is_the_head_on_z_gradient_step_then_decode():
+    """The paper's sampler as written: ε̂ = d(z + γ∇_z log p(y | z), t) with the head on z_t itself."""
+    model = make()
+    x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
+    _, moved = moved_features(model, x_t, t, target, 7.0)
+    with torch.no_grad():
+        expected = model.unet.decode(moved, t)
+    got = representation_guided_eps(model, target, step_size=7.0, levels="all")(x_t, t)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_paper_sampler_sign_raises_log_p_of_the_target():
+    """The sign test: the step raises log p(target | z_t) for every example and target, and the
+    same step negated lowers it (the released script's +γ∇CE would be the negated one)."""
+    model = make()
+    x_t = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    t = torch.full((8,), 30)
+    for c in range(3):
+        target = torch.full((8,), c)
+        feats, up = moved_features(model, x_t, t, target, 0.5)
+        _, down = moved_features(model, x_t, t, target, -0.5)
+        with torch.no_grad():
+            before = z_log_prob(model, feats, target)
+            assert (z_log_prob(model, up, target) > before).all()
+            assert (z_log_prob(model, down, target) < before).all()
+
+
 @pytest.mark.parametrize("levels", ["lowest", "all"])
-def test_representation_step_moves_towards_the_target(levels):
-    """The sign test: one feature update raises log p(target | x̂_0) for every example and every
-    target, and lowers it when the step is negated (so the update is really the ascent)."""
+def test_x0_variant_step_moves_towards_the_target(levels):
+    """The x̂₀ variant's sign: one update raises log p(target | x̂_0) for every example."""
     model = make()
     x_t = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     t = torch.full((8,), 30)
@@ -31,21 +76,32 @@ def test_representation_step_moves_towards_the_target(levels):
         for c in range(3):
             target = torch.full((8,), c)
             before = x0_log_prob(model, x_t, t, feats, target)
-            eps_up = representation_guided_eps(model, target, step_size=0.5, levels=levels)(x_t, t)
-            # the clean image the guided ε̂ implies, judged by the same head
+            eps_up = representation_x0_guided_eps(model, target, step_size=0.5, levels=levels)(x_t, t)
             after = model.classify(model.schedule.predict_x0(x_t, t, eps_up)) \
                 .log_softmax(1).gather(1, target[:, None]).squeeze(1)
             assert (after > before).all(), (c, before, after)
-            # the same step taken downhill by hand lowers it
-            z = [m.clone().requires_grad_(True) for m in (feats.bottleneck, *feats.skips)]
-            with torch.enable_grad():
-                lp = x0_log_prob(model, x_t, t, Features(z[0], z[1:]), target).sum()
-                grads = torch.autograd.grad(lp, z)
-            sigma = (1 - model.schedule.alpha_bars[t]).sqrt()[:, None, None, None]
-            lowest = min(m.shape[-1] for m in z)
-            down = [m - 0.5 * sigma * g if levels == "all" or m.shape[-1] == lowest else m
-                    for m, g in zip(z, grads)]
-            assert (x0_log_prob(model, x_t, t, Features(down[0], down[1:]), target) < before).all()
+
+
+def test_x0_variant_lowest_level_moves_only_the_lowest_resolution_features():
+    model = make()
+    x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
+    with torch.no_grad():
+        feats = model.unet.encode(x_t, t)
+    z = [m.clone() for m in (feats.bottleneck, *feats.skips)]
+    lowest = min(m.shape[-1] for m in z)
+    moved = [i for i, m in enumerate(z) if m.shape[-1] == lowest]
+    assert 0 < len(moved) < len(z)
+    leaves = [z[i].requires_grad_(True) for i in moved]
+    x0 = model.schedule.predict_x0(x_t, t, model.unet.decode(Features(z[0], z[1:]), t))
+    log_p = model.classify(x0).log_softmax(1).gather(1, target[:, None]).sum()
+    grads = torch.autograd.grad(log_p, leaves)
+    sigma = (1 - model.schedule.alpha_bars[t]).sqrt()[:, None, None, None]
+    for i, g in zip(moved, grads):
+        z[i] = z[i] + 7.0 * sigma * g
+    with torch.no_grad():
+        expected = model.unet.decode(Features(z[0], z[1:]), t)
+    got = representation_x0_guided_eps(model, target, step_size=7.0, levels="lowest")(x_t, t)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_classifier_guidance_moves_towards_the_target():
@@ -68,18 +124,18 @@ def test_classifier_guidance_moves_towards_the_target():
     assert (after > log_p.detach()).all()
 
 
-@pytest.mark.parametrize("guidance", ["representation", "classifier"])
-def test_zero_scale_is_unconditional(guidance):
+@pytest.mark.parametrize("kind", ["representation", "representation-x0", "classifier"])
+def test_zero_scale_is_unconditional(kind):
     model = make()
     x_t, t = torch.randn(4, 1, 28, 28), torch.full((4,), 10)
-    eps = model.guided_eps(3, 4, guidance=guidance, scale=0.0)(x_t, t)
+    eps = guided_eps(model, 3, 4, Guidance(kind, scale=0.0))(x_t, t)
     torch.testing.assert_close(eps, model.eps(x_t, t).detach(), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("guidance", ["representation", "classifier"])
-def test_conditional_sampling_shapes_and_determinism(guidance):
+@pytest.mark.parametrize("kind", ["representation", "representation-x0", "classifier"])
+def test_conditional_sampling_shapes_and_determinism(kind):
     model = make()
-    kwargs = dict(labels=torch.tensor([0, 1, 2]), guidance=guidance, steps=4, progress=False)
+    kwargs = dict(labels=torch.tensor([0, 1, 2]), guidance=kind, steps=4, progress=False)
     a = model.sample(3, generator=torch.Generator().manual_seed(0), **kwargs)
     b = model.sample(3, generator=torch.Generator().manual_seed(0), **kwargs)
     c = model.sample(3, generator=torch.Generator().manual_seed(1), **kwargs)
@@ -88,21 +144,59 @@ def test_conditional_sampling_shapes_and_determinism(guidance):
     assert model.training is False  # make() put it in eval mode; sampling leaves the mode alone
 
 
-@pytest.mark.parametrize("guidance", ["representation", "classifier"])
-def test_guidance_changes_what_the_model_samples(guidance):
+@pytest.mark.parametrize("kind", ["representation-x0", "classifier"])
+def test_guidance_changes_what_the_model_samples(kind):
     """End to end: strong guidance to a class the unguided samples rarely show makes the model's
     own head say that class for most samples drawn from the same noise. (An untrained model: only
     its own head's verdict means anything. This head calls most images 9 and a few 0; a sign
-    error would push the guided samples away from 0, towards none of them being 0.)"""
+    error would push the guided samples away from 0.) The paper's sampler moves the head's verdict
+    on z_t, which on an untrained decoder barely reaches the clean image: it is checked end to
+    end on the shipped model instead (tests/test_shipped.py)."""
     model = make()
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     plain = model.sample(16, steps=5, eta=1.0, generator=g(), progress=False)
     # levels="all": this untrained model's lowest-resolution features alone barely move its head
-    guided = model.sample(16, labels=0, guidance=guidance, scale=1000.0, levels="all", steps=5,
-                          eta=1.0, generator=g(), progress=False)
+    guided = model.sample(16, labels=0, guidance=Guidance(kind, scale=1000.0, levels="all"),
+                          steps=5, generator=g(), progress=False)
     plain_share = (model.predict(plain) == 0).float().mean()
     assert plain_share < 0.3
     assert (model.predict(guided) == 0).float().mean() > plain_share + 0.5
+
+
+def test_guidance_defaults_are_defined_once_and_resolved_per_model():
+    assert Guidance().resolve(noise_aware=True) == Guidance(
+        "classifier", DEFAULT_SCALES["classifier"], 1, None, 1.0)
+    paper = Guidance().resolve(noise_aware=False)
+    assert paper.kind == "representation" and paper.levels == DEFAULT_LEVELS["representation"] == "all"
+    assert paper.scale == DEFAULT_SCALES["representation"]
+    assert Guidance("representation-x0").resolve(True).levels == DEFAULT_LEVELS["representation-x0"]
+    assert Guidance(scale=3).resolve(True).scale == 3.0
+    assert Guidance.of("classifier") == Guidance("classifier") and Guidance.of(None) == Guidance()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Guidance().scale = 2.0
+
+
+def test_sample_eta_defaults_follow_the_method():
+    """eta=None: 0 (deterministic) without labels, guidance.eta with them."""
+    model = make()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = dict(steps=3, progress=False)
+    assert torch.equal(model.sample(2, generator=g(), **kw), model.sample(2, eta=0.0, generator=g(), **kw))
+    guided = dict(labels=1, guidance=Guidance("classifier", eta=0.3), **kw)
+    assert torch.equal(model.sample(2, generator=g(), **guided),
+                       model.sample(2, eta=0.3, generator=g(), **guided))
+    assert not torch.equal(model.sample(2, generator=g(), **guided),
+                           model.sample(2, eta=0.0, generator=g(), **guided))
+
+
+def test_classifier_guidance_on_a_clean_only_head_warns():
+    model = make(noise_aware=False)
+    with pytest.warns(UserWarning, match="noise_aware"):
+        guided_eps(model, 1, 2, "classifier")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        guided_eps(make(noise_aware=True), 1, 2, "classifier")
+        guided_eps(model, 1, 2, "representation")
 
 
 @pytest.mark.parametrize("bad", [10, -1, torch.tensor([0, 1]), torch.tensor([0.0, 1.0, 2.0]),
@@ -113,44 +207,25 @@ def test_bad_targets_are_refused(bad):
         model.sample(3, labels=bad, steps=2, progress=False)
 
 
-def test_bad_guidance_arguments():
-    model = make()
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda: Guidance("cfg"), "guidance kind"),
+    (lambda: Guidance(scale=-1.0), "scale"),
+    (lambda: Guidance("classifier", scale=float("nan")), "scale"),
+    (lambda: Guidance(inner_steps=0), "inner_steps"),
+    (lambda: Guidance(levels="middle"), "levels"),
+    (lambda: Guidance(eta=1.5), "eta"),
+    (lambda: Guidance.of(3), "guidance must be"),
+])
+def test_bad_guidance_arguments(make_bad, match):
+    with pytest.raises(ValueError, match=match):
+        make_bad()
+
+
+def test_sample_refuses_a_bad_guidance_name():
     with pytest.raises(ValueError, match="guidance"):
-        model.sample(2, labels=1, guidance="cfg", steps=2, progress=False)
-    with pytest.raises(ValueError, match="step_size"):
-        model.guided_eps(1, 2, scale=-1.0)
-    with pytest.raises(ValueError, match="scale"):
-        model.guided_eps(1, 2, guidance="classifier", scale=float("nan"))
-    with pytest.raises(ValueError, match="inner_steps"):
-        model.guided_eps(1, 2, inner_steps=0)
-    with pytest.raises(ValueError, match="levels"):
-        model.guided_eps(1, 2, levels="middle")
+        make().sample(2, labels=1, guidance="cfg", steps=2, progress=False)
 
 
 def test_check_targets():
     assert torch.equal(check_targets(2, 3, 10), torch.tensor([2, 2, 2]))
     assert check_targets(torch.tensor([1, 2], dtype=torch.int32), 2, 10).dtype == torch.long
-
-
-def test_lowest_level_moves_only_the_lowest_resolution_features():
-    """levels="lowest" gives the ε̂ of decoding features in which only the maps at the lowest
-    resolution differ from the encoder's: checked by moving exactly those by hand."""
-    model = make()
-    x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
-    with torch.no_grad():
-        feats = model.unet.encode(x_t, t)
-    z = [m.clone() for m in (feats.bottleneck, *feats.skips)]
-    lowest = min(m.shape[-1] for m in z)
-    moved = [i for i, m in enumerate(z) if m.shape[-1] == lowest]
-    assert 0 < len(moved) < len(z)
-    leaves = [z[i].requires_grad_(True) for i in moved]
-    x0 = model.schedule.predict_x0(x_t, t, model.unet.decode(Features(z[0], z[1:]), t))
-    log_p = model.classify(x0).log_softmax(1).gather(1, target[:, None]).sum()
-    grads = torch.autograd.grad(log_p, leaves)
-    sigma = (1 - model.schedule.alpha_bars[t]).sqrt()[:, None, None, None]
-    for i, g in zip(moved, grads):
-        z[i] = z[i] + 7.0 * sigma * g
-    with torch.no_grad():
-        expected = model.unet.decode(Features(z[0], z[1:]), t)
-    got = representation_guided_eps(model, target, step_size=7.0, levels="lowest")(x_t, t)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

@@ -17,12 +17,38 @@ def schedule(request):
 
 
 def test_linear_boundary_values():
-    s = NoiseSchedule(500, "linear", 1e-4, 0.02)
+    """β from 1e-4 to 0.02 at T = 1000; at T = 500 both ends scale by 1000/T = 2."""
+    s = NoiseSchedule(1000, "linear", 1e-4, 0.02)
     assert s.betas[0].item() == pytest.approx(1e-4)
     assert s.betas[-1].item() == pytest.approx(0.02)
     assert s.alpha_bars[0].item() == pytest.approx(1 - 1e-4)
-    # ᾱ_T = Π(1 − β) ≈ exp(−Σβ) with Σβ = 500 · mean(β) ≈ 5.0
-    assert s.alpha_bars[-1].item() == pytest.approx(math.exp(-500 * 0.01005), rel=0.05)
+    # ᾱ_T = Π(1 − β), computed independently in float64
+    expected = torch.prod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)).item()
+    assert s.alpha_bars[-1].item() == pytest.approx(expected, rel=1e-4)
+    half = NoiseSchedule(500, "linear", 1e-4, 0.02)
+    assert half.betas[0].item() == pytest.approx(2e-4)
+    assert half.betas[-1].item() == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+@pytest.mark.parametrize("T", [50, 100, 250, 500, 1000, 4000])
+def test_the_last_step_is_pure_noise_for_any_T(kind, T):
+    """Sampling starts from N(0, I): ᾱ_T must be ≈ 0 whatever T (unscaled linear β gave 0.60 at
+    T = 50)."""
+    assert NoiseSchedule(T, kind).alpha_bars[-1].item() < 1e-2
+
+
+def test_lookups_follow_the_input_device():
+    """A schedule serves inputs on another device (here: the meta device, which has no values,
+    standing in for a GPU): every output lands on the input's device."""
+    s = NoiseSchedule(100)
+    x = torch.empty(2, 1, 4, 4, device="meta")
+    t = torch.full((2,), 5, device="meta")
+    assert s.q_sample(x, t, noise=torch.empty_like(x)).device.type == "meta"
+    assert s.predict_x0(x, t, x).device.type == "meta"
+    assert s.ddim_step(x, t, t - 1, x, eta=1.0).device.type == "meta"
+    assert s.snr(t).device.type == "meta"
+    assert all(v.device.type == "meta" for v in s.q_posterior(x, x, t))
 
 
 def test_cosine_boundary_values():
