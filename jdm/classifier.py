@@ -20,7 +20,7 @@ batch of samples would couple them. The pooled channels also have very different
 bottleneck), which the per-feature LayerNorm affine parameters absorb.
 
 Depends on torch only, plus ``Features`` from ``jdm.unet`` (any ``(bottleneck, skips)`` pair
-works): copy this file next to ``unet.py`` and it works.
+works): copy this file next to ``unet.py`` and it works (``tests/test_copyable.py`` checks).
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .unet import Features
+try:
+    from .unet import Features
+except ImportError:  # copied next to unet.py, outside the jdm package
+    from unet import Features
 
 __all__ = ["ClassifierHead", "pool_features"]
 
