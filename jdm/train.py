@@ -652,6 +652,10 @@ class Trainer:
             bool(minutes) and time.monotonic() - self._last_save_time >= 60 * minutes)
 
     def _interrupted(self) -> None:
+        """Save the state after this step (unless just saved) and raise ``TrainingInterrupted``."""
+        if self.out_dir is not None and (self._saved is None or self._saved[1] != self.step):
+            self._check_finite()
+            self.save_checkpoint()  # a signal during eval_fn arrives after this step's save check
         signum, saved = self._stop_signal, self._saved
         where = (f"saved {saved[0]} at step {saved[1]}; continue with fit(resume=True) "
                  "(python -m jdm train: the same command with --resume)" if saved is not None

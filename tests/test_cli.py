@@ -122,3 +122,27 @@ def test_demo_writes_the_overview_figure(tmp_path, capsys):
     assert main(["demo", "--n", "2", "--device", "cpu", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 500 and "ddpm-fmnist-small" in capsys.readouterr().out
     assert main(["demo", "--model", "evaluator-fmnist", "--out", str(out)]) == 2
+
+
+def test_sample_from_a_shipped_weights_file(tmp_path, capsys):
+    out = tmp_path / "s.png"
+    assert main(["sample", "--checkpoint", "data/checkpoints/ddpm-fmnist-small.pt", "--n", "2",
+                 "--steps", "2", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+    assert out.is_file() and "2 steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", *QUICK, "--export", "../x", "--out", "{tmp}/r"], "plain name"),
+    (["train", *QUICK, "--device", "banana", "--out", "{tmp}/r"], "not a device"),
+    (["train", *QUICK, "--out", "{file}"], "existing file"),
+    (["sample", "--checkpoint", "x.pt", "--out", "{tmp}"], "is a directory"),
+    (["sample", "--checkpoint", "x.pt", "--out", "{tmp}/noext"], "no image file extension"),
+    (["evaluate", "conditional", "--json", "{tmp}"], "is a directory"),
+])
+def test_bad_outputs_are_refused_before_any_work(argv, message, tmp_path, capsys):
+    file = tmp_path / "a-file"
+    file.write_text("")
+    assert main([a.format(tmp=tmp_path, file=file) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jdm ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").glob("*.pt"))

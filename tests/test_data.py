@@ -70,3 +70,32 @@ def test_missing_dataset_offline_gives_clear_error(tmp_path, name):
 def test_jdm_data_env_overrides_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("JDM_DATA", str(tmp_path))
     assert data_dir() == tmp_path
+
+
+def test_split_names_and_bad_splits():
+    x_named, _ = load_tensors("fashion_mnist", train="test")
+    assert torch.equal(x_named, load_tensors("fashion_mnist", train=False)[0])
+    for bad in ["yes", 1, None]:
+        with pytest.raises(ValueError, match="'train' or 'test'"):
+            load_tensors("fashion_mnist", train=bad)
+
+
+def test_damaged_copies_are_rebuilt_from_the_archives(tmp_path):
+    import os
+
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for archive in (data_dir() / "FashionMNIST" / "raw").glob("*.gz"):
+        os.symlink(archive, raw / archive.name)
+    good = load_tensors("fashion_mnist", train=False, root=tmp_path)[0]
+    copy = raw / "t10k-images-idx3-ubyte"
+    copy.write_bytes(copy.read_bytes()[:16] + bytes(255 - b for b in copy.read_bytes()[16:]))
+    assert torch.equal(load_tensors("fashion_mnist", train=False, root=tmp_path)[0], good)
+    archive = raw / "t10k-images-idx3-ubyte.gz"
+    head = archive.read_bytes()[:1000]
+    archive.unlink()
+    archive.write_bytes(head)
+    copy.unlink()
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz is truncated or corrupt"):
+        load_tensors("fashion_mnist", train=False, root=tmp_path)
+    assert not [p for p in raw.iterdir() if p.name.endswith(".tmp")]

@@ -51,3 +51,48 @@ def test_tampered_weights_are_refused(exported, tmp_path):
 def test_unknown_name(exported):
     with pytest.raises(FileNotFoundError, match="available: \\['toy'\\]"):
         pretrained.load_pretrained("nope")
+
+
+def test_aliases(exported, tmp_path):
+    folder = tmp_path / "checkpoints"
+    (folder / "aliases.json").write_text(json.dumps({"toy-short": "toy", "later": "not-yet"}))
+    assert pretrained.list_pretrained() == ["toy"]  # real names only
+    assert pretrained.list_aliases() == {"toy-short": "toy", "later": "not-yet"}
+    assert pretrained.resolve_name("toy-short") == "toy"
+    assert pretrained.load_pretrained("toy-short").kind == "ddpm"
+    with pytest.raises(FileNotFoundError, match="alias 'later' points to 'not-yet'.*not shipped yet"):
+        pretrained.load_pretrained("later")
+
+
+def test_shipped_aliases_point_at_shipped_names():
+    table = json.loads((pretrained.data_dir() / "checkpoints" / "aliases.json").read_text())
+    assert table == {"jdm-fmnist": "joint-fmnist-small", "ddpm-fmnist": "ddpm-fmnist-small",
+                     "classifier-fmnist": "classifier-fmnist-small"}
+    assert pretrained.load_pretrained("jdm-fmnist").kind == "joint"
+    assert pretrained.load_pretrained("ddpm-fmnist").kind == "ddpm"
+
+
+def test_export_guard(exported, tmp_path):
+    run = tmp_path / "run" / "last.pt"
+    before = (tmp_path / "checkpoints" / "toy.pt").read_bytes()
+    with pytest.raises(ValueError, match="already exists.*force"):
+        pretrained.export_pretrained(run, "toy", {}, "pytest", "cpu")
+    manifest = tmp_path / "checkpoints" / "toy.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "ddpm"', '"kind": "joint"'))
+    with pytest.raises(ValueError, match="shipped 'joint' checkpoint; a 'ddpm' model never"):
+        pretrained.export_pretrained(run, "toy", {}, "pytest", "cpu", force=True)
+    for bad in ["../../x", "a/b", "", ".hidden", "x.pt"]:
+        with pytest.raises(ValueError, match="plain name"):
+            pretrained.export_pretrained(run, bad, {}, "pytest", "cpu")
+    assert (tmp_path / "checkpoints" / "toy.pt").read_bytes() == before
+    assert pretrained.export_pretrained(run, "toy-2", {}, "pytest", "cpu").is_file()
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{nope", "not valid JSON"), ("[1, 2]", "JSON object"), ('{"spec": {}}', "lacks sha256"),
+])
+def test_broken_manifests_name_the_file(exported, tmp_path, text, match):
+    (tmp_path / "checkpoints" / "toy.json").write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        pretrained.load_pretrained("toy")
+    assert "toy.json" in str(info.value)

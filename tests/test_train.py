@@ -135,12 +135,13 @@ def test_resume_with_changed_settings_warns(tmp_path):
         make(tmp_path, steps=4, lr=1e-3).fit(resume=True)
 
 
-def test_resume_without_checkpoint_starts_fresh(tmp_path):
+def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     t = make(tmp_path, steps=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         t.fit(resume=True)
     assert t.step == 2
+    assert "starting a fresh run at step 0" in capsys.readouterr().err
 
 
 def test_ema(tmp_path):
@@ -232,3 +233,72 @@ def test_diffusion_model_checkpoint_roundtrip(tmp_path):
         assert torch.equal(ema.state_dict()[k], v)
     for k, v in model.state_dict().items():
         assert torch.equal(raw.state_dict()[k], v)
+
+
+def test_checkpoint_checksum_and_probe_loss(tmp_path):
+    make(tmp_path, steps=3).fit()
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert len(ckpt["checksum"]) == 64 and ckpt["probe_loss"] > 0
+    assert ckpt["data"]["images"] == 64
+    ckpt["step"] = 2  # any change, even outside the tensors
+    torch.save(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match="last.pt is corrupt.*checksum"):
+        read_checkpoint(tmp_path / "last.pt")
+
+
+def test_signal_saves_and_resume_is_still_exact(tmp_path):
+    import signal
+
+    from jdm.train import TrainingInterrupted
+
+    full = make(tmp_path / "full", steps=10)
+    full.fit()
+
+    def interrupt(trainer):
+        signal.raise_signal(signal.SIGINT)  # as Ctrl-C during step 5
+        return {}
+
+    cut = make(tmp_path / "cut", steps=10, eval_fn=interrupt, eval_every=5)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match="SIGINT after step 5.*resume") as info:
+        cut.fit()
+    assert info.value.step == 5 and read_checkpoint(info.value.checkpoint)["step"] == 5
+    assert signal.getsignal(signal.SIGINT) is before  # the handlers are restored
+    resumed = make(tmp_path / "cut", steps=10, model_seed=99)
+    resumed.fit(resume=True)
+    assert_same_state(full, resumed)
+
+
+def test_run_lock(tmp_path):
+    import os
+
+    from jdm.train import RunLock
+
+    with RunLock(tmp_path), RunLock(tmp_path):  # re-entrant within a process
+        assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / ".lock").exists()
+    (tmp_path / ".lock").write_text(f"{os.getppid()}\n")  # a live process that is not this one
+    with pytest.raises(ValueError, match=rf"in use by process {os.getppid()}"):
+        make(tmp_path, steps=1).fit()
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    stale = tmp_path / ".last.pt.999.abcdef12.tmp"
+    stale.write_bytes(b"killed mid-save")
+    make(tmp_path, steps=1).fit()
+    assert not stale.exists()
+
+
+def test_resume_on_other_data_fails(tmp_path):
+    make(tmp_path, steps=2).fit()
+    images, labels = toy_data(48)
+    other = Trainer(ToyModel(), images, labels, TrainConfig(steps=4, batch_size=16),
+                    out_dir=tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="other data.*64 images.*48 images"):
+        other.fit(resume=True)
+
+
+def test_training_images_must_be_in_range():
+    images, labels = toy_data(8)
+    with pytest.raises(ValueError, match="0..255"):
+        Trainer(ToyModel(), (images + 1) * 127.5, labels, TrainConfig(batch_size=4), device="cpu")
