@@ -14,3 +14,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 def pytest_collectstart(collector):
     if getattr(collector, "fspath", None) and collector.fspath.ext == ".ipynb":
         collector.skip_compare += ("stderr",)
+
+
+# --------------------------------------------------------------------------- the test device
+# One switch for the unit tests' device: `JDM_TEST_DEVICE=cuda pytest tests` runs every test that
+# takes the `device` fixture on the GPU (tests/test_devices.py runs the public API there).
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device the unit tests run models on: $JDM_TEST_DEVICE, default the CPU."""
+    name = os.environ.get("JDM_TEST_DEVICE", "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"JDM_TEST_DEVICE={name} but CUDA is not available here")
+    return torch.device(name)

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 
 try:
-    from .sampling import Guidance, check_targets, guided_eps, sample_loop
+    from .sampling import Guidance, guided_eps, sample_loop
     from .utils import eval_mode
 except ImportError:  # copied next to sampling.py, schedule.py and utils.py
-    from sampling import Guidance, check_targets, guided_eps, sample_loop
+    from sampling import Guidance, guided_eps, sample_loop
     from utils import eval_mode
 
 __all__ = ["counterfactual", "difference_map", "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS"]
@@ -100,9 +100,8 @@ def counterfactual(
         steps = DEFAULT_COUNTERFACTUAL_STEPS
     n = x.shape[0]
     device = next(model.parameters()).device
-    target = check_targets(target, n, model.num_classes, device)
     g = Guidance.of(guidance)
-    eps_fn = guided_eps(model, target, n, g)
+    eps_fn = guided_eps(model, target, n, g)  # checks the target
 
     # forward process to t*: noise drawn on the generator's device, as in sample_loop
     noise = torch.randn(x.shape, generator=generator,
