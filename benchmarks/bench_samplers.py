@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def main() -> None:
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (by name)")
     p.add_argument("--head-images", type=int, default=20000,
                    help="training images for the clean-only head")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None,
+                   help="merge the results into this JSON report (rows of the same name replaced)")
     p.add_argument("--out", type=Path, default=None, help="write a markdown table here")
     args = p.parse_args()
 
@@ -81,24 +83,27 @@ def main() -> None:
     evaluator = load_evaluator()
     test_x, test_y = load_tensors("fashion_mnist", train=False)
     train_x, train_y = load_tensors("fashion_mnist", train=True)
-    t0 = time.perf_counter()
-    clean, clean_acc = with_clean_head(model, train_x[:args.head_images], train_y[:args.head_images],
-                                       test_x, test_y)
-    print(f"clean-only head: test accuracy {clean_acc:.4f} ({args.head_images} training images, "
-          f"{time.perf_counter() - t0:.0f} s)", flush=True)
-
     G = jdm.Guidance
+    CLEAN = "clean"  # stands for the model with a clean-only head, fitted only if a row needs it
     if args.sweep:
         rows = [(f"representation γ={s:g}", model, G("representation", scale=s)) for s in (100, 300, 1000, 3000, 10000)]
-        rows += [(f"representation, clean head γ={s:g}", clean, G("representation", scale=s)) for s in (100, 1000, 10000)]
+        rows += [(f"representation, clean head γ={s:g}", CLEAN, G("representation", scale=s)) for s in (100, 1000, 10000)]
     else:
         rows = [("unconditional", model, None),
                 ("representation (paper), noise-aware head", model, G("representation")),
-                ("representation (paper), clean-only head", clean, G("representation")),
+                ("representation (paper), clean-only head", CLEAN, G("representation")),
                 ("representation-x0 (jdm variant)", model, G("representation-x0")),
                 ("classifier guidance", model, G("classifier"))]
     if args.only:
         rows = [r for r in rows if any(o in r[0] for o in args.only)]
+    clean_acc = None
+    if any(m is CLEAN for _, m, _ in rows):
+        t0 = time.perf_counter()
+        clean, clean_acc = with_clean_head(model, train_x[:args.head_images],
+                                           train_y[:args.head_images], test_x, test_y)
+        print(f"clean-only head: test accuracy {clean_acc:.4f} ({args.head_images} training "
+              f"images, {time.perf_counter() - t0:.0f} s)", flush=True)
+        rows = [(name, clean if m is CLEAN else m, g) for name, m, g in rows]
     results = []
     for name, m, guidance in rows:
         res = evaluate_conditional(m, evaluator, test_x, test_y, per_class=args.per_class,
@@ -111,22 +116,37 @@ def main() -> None:
         results.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                           if k != "agreement_per_class"}), flush=True)
-    report = {"model": args.model, "per_class": args.per_class, "steps": args.steps,
-              "seed": args.seed, "clean_head_test_accuracy": clean_acc, "rows": results,
-              "hardware": hardware_string(torch.device("cpu"))}
+    # merge into the JSON report: rows of the same name are replaced, others kept (the table can
+    # be measured in parts, e.g. one sampler at a time, and stays one file)
+    report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
+    key = "sweep" if args.sweep else "rows"
+    report[f"{key}_settings"] = {
+        "model": args.model, "per_class": args.per_class, "steps": args.steps, "seed": args.seed,
+        "hardware": hardware_string(torch.device("cpu")),
+        "command": "python benchmarks/bench_samplers.py " + " ".join(sys.argv[1:])}
+    if clean_acc is not None:
+        report["clean_head_test_accuracy"] = clean_acc
+    merged = {r["sampler"]: r for r in report.get(key, [])}
+    merged.update({r["sampler"]: r for r in results})
+    report[key] = list(merged.values())
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.out:
-        names = [n.split("/")[0] for n in CLASS_NAMES["fashion_mnist"]]
-        lines = ["| sampler | agreement | FD | precision | recall | seconds | worst class |",
-                 "|---|---|---|---|---|---|---|"]
-        for r in results:
-            worst = min(r["agreement_per_class"], key=r["agreement_per_class"].get)
-            lines.append(f"| {r['sampler']} | {r['agreement']:.3f} | {r['fd']:.1f} | "
-                         f"{r['precision']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} | "
-                         f"{names[int(worst)]} {r['agreement_per_class'][worst]:.2f} |")
-        args.out.write_text("\n".join(lines) + "\n")
+        args.out.write_text(markdown_table(report.get("rows", [])))
 
+
+def markdown_table(rows: list[dict]) -> str:
+    """The main table as markdown: one row per sampler."""
+    names = [n.split("/")[0] for n in CLASS_NAMES["fashion_mnist"]]
+    lines = ["| sampler | agreement | FD | precision | recall | seconds | worst class |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        per_class = {int(c): a for c, a in r["agreement_per_class"].items()}
+        worst = min(per_class, key=per_class.get)
+        lines.append(f"| {r['sampler']} | {r['agreement']:.3f} | {r['fd']:.1f} | "
+                     f"{r['precision']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} | "
+                     f"{names[worst]} {per_class[worst]:.2f} |")
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     main()

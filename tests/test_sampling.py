@@ -45,3 +45,38 @@ def test_trajectory_and_partial_start():
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
         sample_loop(oracle, SCHEDULE, (2, 1, 4, 4), progress=False, **kwargs)
+
+
+def test_steps_none_is_the_methods_default_everywhere():
+    """steps=None: DDIM takes DEFAULT_DDIM_STEPS (capped by the steps left), ancestral DDPM takes
+    every step; DDPM with any explicit steps is refused alike (no magic number passes)."""
+    from jdm.sampling import DEFAULT_DDIM_STEPS
+
+    calls = []
+
+    def counting(x_t, t):
+        calls.append(int(t[0]))
+        return oracle(x_t, t)
+
+    sample_loop(counting, SCHEDULE, (1, 1, 4, 4), method="ddim", progress=False)
+    assert len(calls) == DEFAULT_DDIM_STEPS
+    calls.clear()
+    sample_loop(counting, SCHEDULE, (1, 1, 4, 4), method="ddpm", progress=False)
+    assert calls == list(range(99, -1, -1))
+    calls.clear()
+    sample_loop(counting, SCHEDULE, (1, 1, 4, 4), method="ddim", start_step=9, progress=False)
+    assert calls == list(range(9, -1, -1))  # fewer steps left than the default: every one
+    for steps in (DEFAULT_DDIM_STEPS, DEFAULT_DDIM_STEPS - 1, 100):
+        with pytest.raises(ValueError, match="ancestral DDPM"):
+            sample_loop(oracle, SCHEDULE, (1, 1, 4, 4), method="ddpm", steps=steps, progress=False)
+
+
+def test_counterfactual_with_ancestral_ddpm_needs_no_steps():
+    from jdm import JointDiffusion, UNet, UNET_PRESETS, counterfactual
+
+    torch.manual_seed(0)
+    model = JointDiffusion(UNet(UNET_PRESETS["tiny"]), NoiseSchedule(20), noise_aware=True).eval()
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    assert counterfactual(model, x, 1, t_star=5, method="ddpm", progress=False).shape == x.shape
+    with pytest.raises(ValueError, match="ancestral DDPM"):
+        counterfactual(model, x, 1, t_star=5, method="ddpm", steps=3, progress=False)
