@@ -1,0 +1,94 @@
+"""The prepared GPU run (tools/gpu_run.py): its CPU dry run end to end, so it cannot rot between
+GPU runs, and its refusal to start without CUDA."""
+import hashlib
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from jdm.diffusion import build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_driver():
+    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "tools" / "gpu_run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look the module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-run")
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_run.sh"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_dry_run_passes_every_phase(dry_run):
+    _, report = dry_run
+    phases = report["phases"]
+    assert list(phases) == ["unit_tests", "demo", "notebooks_quick", "train", "bench",
+                            "notebooks_full"]  # the issue's order
+    assert report["status"] == "finished" and report["elapsed_s"] < report["budget_s"]
+    assert phases["unit_tests"]["status"] == "passed" and "passed" in phases["unit_tests"]["summary"]
+    assert phases["demo"]["status"] == "passed"
+    assert phases["notebooks_quick"]["status"] == "1/1 passed"
+    assert phases["train"]["status"] == "passed", json.dumps(phases["train"])[-3000:]
+    assert phases["bench"]["status"] == "passed" and phases["bench"]["results"]["rows"]
+
+
+def test_dry_run_trains_the_trio_alike_and_exports_it(dry_run):
+    out, report = dry_run
+    train = report["phases"]["train"]
+    assert train["planned_steps"] == 2  # calibration (1 step) then resumed to the plan
+    exports = train["exports"]
+    assert set(exports) == {"ddpm-fmnist-gpu", "classifier-fmnist-gpu", "joint-fmnist-gpu"}
+    unets = set()
+    for name, record in exports.items():
+        manifest, path = record["manifest"], out / record["file"]
+        assert manifest["steps"] == 2 and record["note"] == ""
+        assert manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        blob = torch.load(path, weights_only=True)
+        assert all(v.dtype == torch.float16 for v in blob["state_dict"].values()
+                   if v.is_floating_point())
+        build_model(blob["spec"]).load_state_dict({k: v.float() if v.is_floating_point() else v
+                                                   for k, v in blob["state_dict"].items()})
+        unets.add(json.dumps(blob["spec"]["unet"], sort_keys=True))
+        assert "--steps 2" in manifest["command"] and "--resume" in manifest["command"]
+        assert ("test_accuracy" in manifest["metrics"]) == (name != "ddpm-fmnist-gpu")
+    assert len(unets) == 1  # the same UNet for all three
+    assert "--noise-aware" in exports["joint-fmnist-gpu"]["manifest"]["command"]
+
+
+def test_dry_run_output_fits_what_comes_back(dry_run):
+    out, _ = dry_run
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert len(files) <= 8 and all(f.stat().st_size <= 16 * 2**20 for f in files)
+
+
+def test_refuses_without_cuda(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert load_driver().main(["--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert json.loads((tmp_path / "report.json").read_text())["status"].startswith("refused")
+
+
+def test_plan_steps():
+    plan = load_driver().plan_steps
+    assert plan(200, 0.1, 100, 10, 100_000) == 200 + 810   # 90 % of (100 − 10) s at 10 steps/s
+    assert plan(200, 0.1, 5, 10, 100_000) == 200           # no time: stay at the calibration
+    assert plan(200, 0.001, 1000, 0, 5000) == 5000         # capped at the paper's steps
+
+
+def test_bad_limit_is_refused(tmp_path):
+    with pytest.raises(SystemExit):
+        load_driver().main(["--dry-run", "--out", str(tmp_path), "--limit", "train=soon"])
