@@ -8,7 +8,8 @@ from jdm.train import TrainConfig, Trainer, TrainingDiverged, read_checkpoint
 
 
 class CountingModel(nn.Module):
-    """A tiny denoiser whose loss turns NaN (or its gradient NaN) from call ``poison_at`` on."""
+    """A tiny denoiser whose loss turns NaN (or its gradient NaN) from training step
+    ``poison_at`` on (calls without gradients, e.g. the Trainer's checkpoint probe, not counted)."""
 
     def __init__(self, poison_at: int | None = None, poison_grad: bool = False) -> None:
         super().__init__()
@@ -16,9 +17,9 @@ class CountingModel(nn.Module):
         self.calls, self.poison_at, self.poison_grad = 0, poison_at, poison_grad
 
     def loss(self, x0, y=None):
-        self.calls += 1
+        self.calls += torch.is_grad_enabled()
         mse = F.mse_loss(self.net(x0 + 0.5 * torch.randn_like(x0)).view_as(x0), x0)
-        if self.poison_at is not None and self.calls >= self.poison_at:
+        if self.poison_at is not None and self.calls >= self.poison_at and torch.is_grad_enabled():
             if self.poison_grad:  # value 0, gradient 0 · inf = NaN: a finite loss, NaN weights
                 w = self.net[1].weight
                 mse = mse + torch.sqrt(((w - w.detach()) ** 2).sum())
