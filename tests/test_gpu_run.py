@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import json
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -92,3 +93,13 @@ def test_plan_steps():
 def test_bad_limit_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         load_driver().main(["--dry-run", "--out", str(tmp_path), "--limit", "train=soon"])
+
+
+def test_commands_past_their_time_are_stopped(tmp_path):
+    driver = load_driver()
+    run = driver.Run(tmp_path, driver.settings(driver.argparse.Namespace(dry_run=True, budget=None)),
+                     dry_run=True)
+    start = time.monotonic()
+    record = run.sh("sleepy", [sys.executable, "-c", "import time; time.sleep(60)"], limit=1)
+    assert record["status"] == "timeout" and time.monotonic() - start < 1 + driver.GRACE_S + 5
+    assert run.sh("quick", [sys.executable, "-c", "print('hi')"], limit=30)["log_tail"] == "hi\n"

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: import the checkout's jdm
 
 MAX_FILE_BYTES = 16 * 2**20  # the most one file may be to come back from the GPU machine
+GRACE_S = 8  # between SIGTERM and SIGKILL for a command past its time
 RECIPE = "joint-fmnist-small"  # the shipped joint model whose command gives the training flags
 NAMES = {"ddpm": "ddpm-fmnist-gpu", "classifier": "classifier-fmnist-gpu",
          "joint": "joint-fmnist-gpu", "joint-alpha": "joint-fmnist-gpu-alpha0.001"}
@@ -108,9 +109,9 @@ class Run:
         return self.s.budget - (time.monotonic() - self.start)
 
     def limit(self, phase: str) -> float:
-        """Seconds this phase may use: its own limit, or what the budget has left (minus 5 s
-        for writing the report)."""
-        return max(0.0, min(self.s.limits[phase], self.left() - 5))
+        """Seconds this phase may use: its own limit, or what the budget has left (minus the
+        grace a stopped command gets and a few seconds for writing the report)."""
+        return max(0.0, min(self.s.limits[phase], self.left() - GRACE_S - 5))
 
     def save(self) -> None:
         self.report["elapsed_s"] = round(time.monotonic() - self.start, 1)
@@ -125,15 +126,27 @@ class Run:
                                 env={**os.environ, **self.s.env, **(env or {})},
                                 start_new_session=True)
 
-    def wait(self, proc: subprocess.Popen, deadline: float) -> str:
-        """Wait until ``proc`` ends or the monotonic ``deadline``; 'passed', 'failed' or 'timeout'."""
-        try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return "timeout"
-        return "passed" if proc.returncode == 0 else "failed"
+    def wait(self, procs: list[subprocess.Popen], deadline: float) -> list[str]:
+        """Wait until every process ends or the monotonic ``deadline``; for each 'passed',
+        'failed' or 'timeout'.
+
+        At the deadline the rest get SIGTERM together (on which ``jdm train`` saves its
+        checkpoint and stops) and ``GRACE_S`` seconds before SIGKILL."""
+        late = []
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGTERM)
+                late.append(proc)
+        for proc in late:
+            try:
+                proc.wait(timeout=max(0.0, deadline + GRACE_S - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return ["timeout" if proc in late else "passed" if proc.returncode == 0 else "failed"
+                for proc in procs]
 
     def sh(self, name: str, cmd: list[str], limit: float, env: dict | None = None) -> dict:
         """Run one command with a time limit; its record for the report (log tail included)."""
@@ -141,7 +154,7 @@ class Run:
         t0 = time.monotonic()
         if limit < 1:
             return {"command": shlex.join(cmd), "status": "skipped (no time left)"}
-        status = self.wait(self.launch(cmd, log, env), t0 + limit)
+        [status] = self.wait([self.launch(cmd, log, env)], t0 + limit)
         return {"command": shlex.join(cmd), "env": env or {}, "status": status,
                 "seconds": round(time.monotonic() - t0, 1), "limit_s": round(limit, 1),
                 "log_tail": tail(log)}
@@ -265,8 +278,7 @@ def train_all(run: Run, commands: dict[str, list[str]], extra: list[str], deadli
                               {"OMP_NUM_THREADS": threads})
              for name, cmd in commands.items()}
     records = {}
-    for name, proc in procs.items():
-        status = run.wait(proc, deadline)
+    for (name, proc), status in zip(procs.items(), run.wait(list(procs.values()), deadline)):
         log_path = Path(commands[name][-1]) / "train_log.json"
         log = json.loads(log_path.read_text()) if status == "passed" and log_path.exists() else {}
         records[name] = {"status": status, "wall_s": round(time.monotonic() - t0, 1),
@@ -305,34 +317,36 @@ def phase_train(run: Run, alpha_run: bool, compile_: bool) -> None:
                                str(s.fd_samples)], phase_end, "final")
             report["final"] = final
     report["exports"] = export_runs(run, commands, calib, final)
-    complete = [e for e in report["exports"].values() if not e["note"]]
+    complete = [e for e in report["exports"].values() if e["manifest"]["metrics"]]
     report["status"] = "passed" if len(complete) == len(commands) else "partial"
 
 
 def export_runs(run: Run, commands: dict, calib: dict, final: dict) -> dict[str, dict]:
     """Export each run's last checkpoint into ``--out`` as half-precision jdm weights, with the
-    metrics of its last completed CLI call (none if it was cut short)."""
+    test metrics the CLI measured at that step (none if the run was stopped before measuring)."""
     from jdm.pretrained import export_pretrained
+    from jdm.train import read_checkpoint
 
     exports = {}
     for name, cmd in commands.items():
         checkpoint = Path(cmd[-1]) / "last.pt"
-        done = final.get(name) if final.get(name, {}).get("status") == "passed" else calib.get(name)
         if not checkpoint.exists():
             continue
-        log = done["train_log"] if done and done["status"] == "passed" else {}
+        step = read_checkpoint(checkpoint)["step"]
+        logs = [r["train_log"] for r in (final.get(name), calib.get(name))
+                if r and r["train_log"].get("steps") == step]
+        log = logs[0] if logs else {}
         metrics = dict(log.get("test_metrics", {}))
         if log.get("history"):
             metrics["final_train_loss"] = round(log["history"][-1]["loss"], 5)
-        note = "" if done is final.get(name) else "cut short: the metrics are those of the " \
-                                                   "calibration segment or missing"
         weights = export_pretrained(checkpoint, name, metrics, log.get("command", shlex.join(cmd)),
-                                    log.get("hardware", run.s.device), folder=run.out)
+                                    log.get("hardware", run.report["hardware"]), folder=run.out)
         manifest_path = weights.with_suffix(".json")
         manifest = json.loads(manifest_path.read_text())
         manifest_path.unlink()  # kept in the report: at most 8 files come back
-        record = {"file": weights.name, "manifest": manifest, "note": note,
-                  "images_per_s": round(manifest["steps"] * run.s.batch_size
+        record = {"file": weights.name, "manifest": manifest,
+                  "note": "" if log else f"stopped at step {step} before its test metrics",
+                  "images_per_s": round(step * run.s.batch_size
                                         / max(manifest["train_seconds"], 1e-9), 1)}
         if weights.stat().st_size > MAX_FILE_BYTES:
             with weights.open("rb") as src, gzip.open(f"{weights}.gz", "wb") as dst:
