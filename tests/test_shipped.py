@@ -16,7 +16,28 @@ def test_images():
 
 
 def test_shipped_checkpoints_are_listed():
-    assert {"ddpm-fmnist-small", "joint-fmnist-small", "evaluator-fmnist"} <= set(jdm.list_pretrained())
+    assert {"ddpm-fmnist-small", "joint-fmnist-small", "classifier-fmnist-small",
+            "evaluator-fmnist"} <= set(jdm.list_pretrained())
+
+
+def test_the_trio_shares_its_recipe():
+    """The classifier baseline is the joint model's recipe without the diffusion loss: same UNet,
+    head, augmentation, optimiser settings and step budget (the README says how the DDPM differs)."""
+    joint, cls = read_manifest("joint-fmnist-small"), read_manifest("classifier-fmnist-small")
+    assert cls["spec"]["unet"] == joint["spec"]["unet"] and cls["spec"]["augment"] == joint["spec"]["augment"]
+    assert {k: cls["spec"][k] for k in ("head_hidden", "head_dropout")} == \
+        {k: joint["spec"][k] for k in ("head_hidden", "head_dropout")}
+    assert cls["train_config"] == joint["train_config"]
+
+
+def test_classifier_baseline_classifies(test_images):
+    model = jdm.load_pretrained("classifier-fmnist")  # the alias of classifier-fmnist-small
+    assert isinstance(model, jdm.EncoderClassifier)
+    images, labels = test_images[0][:2000], test_images[1][:2000]
+    with torch.no_grad():
+        logits = torch.cat([model.classify(images[i:i + 500]) for i in range(0, 2000, 500)])
+    manifest = read_manifest("classifier-fmnist-small")["metrics"]["test_accuracy"]
+    assert accuracy(logits, labels) == pytest.approx(manifest, abs=0.025)
 
 
 def test_ddpm_held_out_loss(test_images):
@@ -24,9 +45,9 @@ def test_ddpm_held_out_loss(test_images):
     torch.manual_seed(0)
     with torch.no_grad():
         loss = sum(model.diffusion_loss(test_images[0][i:i + 500]).item() for i in range(0, 1000, 500)) / 2
-    # the manifest measured 0.039 on all 10,000 test images; an untrained UNet scores about 1
-    assert loss < 0.05, loss
-    assert read_manifest("ddpm-fmnist-small")["metrics"]["test_loss"] < 0.05
+    # re-measured on the first 1,000 test images, it stays within 15% of what the manifest measured
+    # on all 10,000 right after training (an untrained UNet scores about 1)
+    assert loss == pytest.approx(read_manifest("ddpm-fmnist-small")["metrics"]["test_loss"], rel=0.15)
 
 
 def test_joint_model_classifies(test_images):
@@ -34,7 +55,9 @@ def test_joint_model_classifies(test_images):
     images, labels = test_images[0][:2000], test_images[1][:2000]
     with torch.no_grad():
         logits = torch.cat([model.classify(images[i:i + 500]) for i in range(0, 2000, 500)])
-    assert accuracy(logits, labels) >= 0.87  # the manifest: 0.891 on all 10,000
+    # re-measured on the first 2,000 test images, within 2.5 points of the manifest's 10,000
+    manifest = read_manifest("joint-fmnist-small")["metrics"]["test_accuracy"]
+    assert accuracy(logits, labels) == pytest.approx(manifest, abs=0.025)
     assert model.noise_aware  # trained for guidance too (classify(x_t, t))
 
 
@@ -43,11 +66,13 @@ def joint():
     return jdm.load_pretrained("joint-fmnist-small")
 
 
-@pytest.mark.parametrize("guidance, minimum", [("classifier", 0.8), ("representation", 0.3)])
+@pytest.mark.parametrize("guidance, minimum", [("classifier", 0.8), ("representation-x0", 0.3),
+                                               ("representation", 0.2)])
 def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
     """3 samples a class, DDIM-10 (short, for CI), judged by the independent evaluator. Measured
-    when written: classifier 0.87–0.93, representation 0.43–0.50 over three seeds (chance: 0.1;
-    a sign error gives less). Full-size figures: README and notebook 06."""
+    when written, over three seeds: classifier 0.87–0.93, representation-x0 0.43–0.50, the paper's
+    representation sampler 0.30–0.43; unguided samples score 0.03 against these labels (chance:
+    0.1; a sign error gives less). Full-size figures: docs/samplers.md and notebook 06."""
     labels = torch.arange(10).repeat(3)
     x = joint.sample(30, labels=labels, guidance=guidance, steps=10,
                      generator=torch.Generator().manual_seed(0), progress=False)
