@@ -1,7 +1,8 @@
 """The conditional samplers side by side on one shipped joint model, same seeds, judged by the evaluator.
 
-    python benchmarks/bench_samplers.py --per-class 50 --steps 50 --out docs/samplers.md
-    python benchmarks/bench_samplers.py --sweep --per-class 10 --steps 20   # γ/s sweep, quick
+    python benchmarks/bench_samplers.py --per-class 50 --steps 50 --json docs/samplers.json --out docs/samplers.md
+    python benchmarks/bench_samplers.py --sweep --per-class 10 --steps 20 --json docs/samplers.json
+    python benchmarks/bench_samplers.py --only classifier --json docs/samplers.json   # one row
 
 Rows: unconditional samples (the chance level and the FD to beat), the paper's sampler
 (optimised representations, the head on z_t) with the model's noise-aware head and with a head
@@ -71,6 +72,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", action="store_true", help="sweep γ/s instead of the main table")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: write --out from the --json report")
     p.add_argument("--only", nargs="*", default=None, help="run only these rows (by name)")
     p.add_argument("--head-images", type=int, default=20000,
                    help="training images for the clean-only head")
@@ -78,6 +81,9 @@ def main() -> None:
                    help="merge the results into this JSON report (rows of the same name replaced)")
     p.add_argument("--out", type=Path, default=None, help="write a markdown table here")
     args = p.parse_args()
+    if args.render:
+        args.out.write_text(markdown_report(json.loads(args.json.read_text())))
+        return
 
     model = jdm.load_pretrained(args.model)
     evaluator = load_evaluator()
@@ -132,20 +138,48 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.out:
-        args.out.write_text(markdown_table(report.get("rows", [])))
+        args.out.write_text(markdown_report(report))
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The main table as markdown: one row per sampler."""
+def markdown_report(report: dict) -> str:
+    """docs/samplers.md: the main table and the γ sweep, with the commands that measured them."""
     names = [n.split("/")[0] for n in CLASS_NAMES["fashion_mnist"]]
-    lines = ["| sampler | agreement | FD | precision | recall | seconds | worst class |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        per_class = {int(c): a for c, a in r["agreement_per_class"].items()}
-        worst = min(per_class, key=per_class.get)
-        lines.append(f"| {r['sampler']} | {r['agreement']:.3f} | {r['fd']:.1f} | "
-                     f"{r['precision']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} | "
-                     f"{names[worst]} {per_class[worst]:.2f} |")
+    settings = report.get("rows_settings", {})
+    lines = ["# The conditional samplers, measured",
+             "",
+             "Generated from `docs/samplers.json` by `python benchmarks/bench_samplers.py --render "
+             "--json docs/samplers.json --out docs/samplers.md`; every number is the evaluator's "
+             "verdict (never the model's own head). Agreement: the share of samples the evaluator "
+             "assigns to the requested class (chance 0.1). FD: Fréchet distance in the evaluator's "
+             "features against as many class-matched test images.",
+             ""]
+    if settings:
+        lines += [f"Model `{settings['model']}`, {settings['per_class']} samples per class "
+                  f"({10 * settings['per_class']} per row), DDIM-{settings['steps']}, η = 1, seed "
+                  f"{settings['seed']} for every row; {settings['hardware']}. Command: "
+                  f"`{settings['command']}` (rows measured in parts and merged).", ""]
+        if "clean_head_test_accuracy" in report:
+            lines += [f"The clean-only head (fitted on the frozen encoder's clean features, as the "
+                      f"paper's joint loss trains it) scores {report['clean_head_test_accuracy']:.3f} "
+                      "test accuracy.", ""]
+        lines += ["| sampler | agreement | FD | precision | recall | seconds* | weakest class |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in report.get("rows", []):
+            per_class = {int(c): a for c, a in r["agreement_per_class"].items()}
+            worst = min(per_class, key=per_class.get)
+            lines.append(f"| {r['sampler']} | {r['agreement']:.3f} | {r['fd']:.1f} | "
+                         f"{r['precision']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} | "
+                         f"{names[worst]} {per_class[worst]:.2f} |")
+        lines += ["", "*Wall time on a CPU shared with other jobs whose load changed between rows: "
+                  "an order of magnitude, not a comparison between rows.", ""]
+    sweep = report.get("sweep_settings")
+    if sweep:
+        lines += [f"Step size γ of the paper's sampler: {sweep['per_class']} samples per class, "
+                  f"DDIM-{sweep['steps']}. Command: `{sweep['command']}`."
+                  + (f" {sweep['note']}." if sweep.get("note") else ""), "",
+                  "| sampler | agreement | FD | precision | recall |", "|---|---|---|---|---|"]
+        lines += [f"| {r['sampler']} | {r['agreement']:.2f} | {r['fd']:.1f} | {r['precision']:.2f} | "
+                  f"{r['recall']:.2f} |" for r in report.get("sweep", [])]
     return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
