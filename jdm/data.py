@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-__all__ = ["DATASETS", "CLASS_NAMES", "data_dir", "load_tensors", "load_dataset"]
+__all__ = ["DATASETS", "CLASS_NAMES", "data_dir", "load_tensors", "load_dataset", "sha256"]
 
 # name -> (torchvision class name, image shape)
 DATASETS: dict[str, tuple[str, tuple[int, int, int]]] = {
@@ -64,7 +64,8 @@ FASHION_MNIST_FILES: dict[str, tuple[int, str]] = {
 _VERIFIED = ".verified.json"  # {file: [size, mtime_ns]} of copies whose sha256 matched
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file, read a MiB at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -82,7 +83,7 @@ def _is_good_copy(path: Path, verified: dict) -> bool:
         return False
     if verified.get(path.name) == [stat.st_size, stat.st_mtime_ns]:
         return True
-    if _sha256(path) != digest:
+    if sha256(path) != digest:
         return False
     verified[path.name] = [stat.st_size, stat.st_mtime_ns]
     return True
@@ -118,7 +119,7 @@ def _decompress_bundled(raw: Path) -> None:
             with gzip.open(archive, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             size, digest = FASHION_MNIST_FILES[target.name]
-            if tmp.stat().st_size != size or _sha256(tmp) != digest:
+            if tmp.stat().st_size != size or sha256(tmp) != digest:
                 raise ValueError("its contents differ from Fashion-MNIST's")
             tmp.replace(target)  # atomic: a half-written file is never taken for a good one
         except (OSError, EOFError, zlib.error, ValueError) as err:

@@ -19,7 +19,6 @@ never overwrites a shipped checkpoint without ``force`` and never with another k
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .data import data_dir
+from .data import data_dir, sha256
 from .diffusion import build_model
 from .train import read_checkpoint
 from .utils import get_device
@@ -88,14 +87,6 @@ def resolve_name(name: str) -> str:
         return aliases[name]
     raise FileNotFoundError(f"no shipped checkpoint named {name!r} in {checkpoint_dir()}; "
                             f"available: {shipped or 'none'}, aliases: {sorted(aliases) or 'none'}")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path):

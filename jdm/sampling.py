@@ -329,25 +329,10 @@ def representation_guided_eps(model, target: Tensor, *, step_size: float = DEFAU
     Returns:
         ``eps_fn(x_t (N, C, H, W), t (N,)) → ε̂ (N, C, H, W)`` for ``sample_loop``.
     """
-    _check_step(step_size, inner_steps, levels)
+    def objective(feats, x_t: Tensor, t: Tensor) -> tuple[Tensor, float]:
+        return _log_prob(model.head(feats), target), 1.0  # the head on z_t itself
 
-    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        with torch.no_grad():
-            feats = model.unet.encode(x_t, t)
-        z = [feats.bottleneck, *feats.skips]
-        moved = _moved(z, levels)
-        if step_size > 0:
-            with torch.enable_grad():
-                for _ in range(inner_steps):
-                    z = [m.detach().requires_grad_(i in moved) for i, m in enumerate(z)]
-                    log_p = _log_prob(model.head(_features(feats, z)), target)
-                    grads = torch.autograd.grad(log_p, [z[i] for i in moved])
-                    for i, g in zip(moved, grads):
-                        z[i] = z[i] + step_size * g  # ascent on log p(target | z_t)
-        with torch.no_grad():
-            return model.unet.decode(_features(feats, z), t)
-
-    return eps_fn
+    return _feature_ascent_eps(model, objective, step_size, inner_steps, levels)
 
 
 def representation_x0_guided_eps(model, target: Tensor, *,
@@ -369,8 +354,22 @@ def representation_x0_guided_eps(model, target: Tensor, *,
     Args and returns as ``representation_guided_eps`` (``levels`` default ``"lowest"``, see
     ``DEFAULT_LEVELS``).
     """
-    _check_step(step_size, inner_steps, levels)
     schedule = model.schedule
+
+    def objective(feats, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        x0 = schedule.predict_x0(x_t, t, model.unet.decode(feats, t))
+        log_p = _log_prob(model.head(model.unet.encode(x0, torch.zeros_like(t))), target)
+        sigma = (1 - schedule.alpha_bars.to(x_t.device)[t]).sqrt().reshape(-1, 1, 1, 1)
+        return log_p, sigma  # the head judges x̂_0 at t = 0; the push fades with the noise
+
+    return _feature_ascent_eps(model, objective, step_size, inner_steps, levels)
+
+
+def _feature_ascent_eps(model, objective, step_size: float, inner_steps: int, levels: str) -> EpsFn:
+    """The representation samplers' shared body: encode x_t once, then ``inner_steps`` times move
+    the chosen feature maps up ``objective``'s log-probability, z ← z + γ · weight · ∇_z log p,
+    where ``objective(features, x_t, t) -> (log p summed over the batch, weight)``; decode."""
+    _check_step(step_size, inner_steps, levels)
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
         with torch.no_grad():
@@ -378,17 +377,13 @@ def representation_x0_guided_eps(model, target: Tensor, *,
         z = [feats.bottleneck, *feats.skips]
         moved = _moved(z, levels)
         if step_size > 0:
-            sigma = (1 - schedule.alpha_bars.to(x_t.device)[t]).sqrt().reshape(-1, 1, 1, 1)
-            clean = torch.zeros_like(t)
             with torch.enable_grad():
                 for _ in range(inner_steps):
                     z = [m.detach().requires_grad_(i in moved) for i, m in enumerate(z)]
-                    eps = model.unet.decode(_features(feats, z), t)
-                    x0 = schedule.predict_x0(x_t, t, eps)
-                    log_p = _log_prob(model.head(model.unet.encode(x0, clean)), target)
+                    log_p, weight = objective(_features(feats, z), x_t, t)
                     grads = torch.autograd.grad(log_p, [z[i] for i in moved])
                     for i, g in zip(moved, grads):
-                        z[i] = z[i] + step_size * sigma * g  # ascent on log p(target | x̂_0)
+                        z[i] = z[i] + step_size * weight * g  # ascent: towards the target
         with torch.no_grad():
             return model.unet.decode(_features(feats, z), t)
 
