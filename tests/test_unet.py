@@ -146,3 +146,16 @@ def test_preset_parameter_counts():
         with torch.device("meta"):  # no memory, no init time
             n = count_parameters(UNet(UNET_PRESETS[name]))
         assert low <= n <= high, f"{name}: {n:,} parameters, documented {low:,}..{high:,}"
+
+
+def test_presets_are_frozen():
+    """A preset is shared by every model built from it: changing one model's config must not be
+    possible (it would change the preset for every later model); vary it with replace()."""
+    import dataclasses
+
+    before = UNET_PRESETS["tiny"].dropout
+    model = UNet(UNET_PRESETS["tiny"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.dropout = before + 0.25
+    varied = replace(UNET_PRESETS["tiny"], dropout=before + 0.25)
+    assert varied.dropout == before + 0.25 and UNET_PRESETS["tiny"].dropout == before
