@@ -50,6 +50,7 @@ from .inputs import check_images, check_timesteps
 from .sampling import Guidance, guided_eps
 from .schedule import NoiseSchedule
 from .unet import Features, UNet
+from .utils import eval_mode
 
 __all__ = ["JointDiffusion", "augment_images", "DEFAULT_ALPHA"]
 
@@ -293,14 +294,10 @@ class JointDiffusion(DiffusionModel):
         weights = next(self.parameters())
         check_images(x, self.image_shape, dtype=weights.dtype, clean=_is_clean(t))
         t = self._timesteps(t, x.shape[0], weights.device)
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             out = [self._logits(x[i:i + batch_size].to(weights.device), t[i:i + batch_size])
                    .argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
-            return torch.cat(out)
-        finally:
-            self.train(was_training)
+        return torch.cat(out)
 
 
 MODEL_KINDS[JointDiffusion.kind] = JointDiffusion  # build_model(spec) with kind "joint"

@@ -57,7 +57,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .inputs import check_image_range
-from .utils import get_device, seed_everything
+from .utils import eval_mode, get_device, seed_everything
 
 __all__ = [
     "TrainConfig",
@@ -750,15 +750,11 @@ class Trainer:
         finite: such weights would diverge on every batch, so they are never saved."""
         x, y = self.images[:self.config.batch_size], (
             self.labels[:self.config.batch_size] if self.labels is not None else None)
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                with torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                    enabled=self.config.amp and self.device.type == "cuda"):
-                    loss = float(self.model.loss(x, y)["loss"])
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), \
+                torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []), \
+                torch.autocast(self.device.type, dtype=torch.bfloat16,
+                               enabled=self.config.amp and self.device.type == "cuda"):
+            loss = float(self.model.loss(x, y)["loss"])
         bad = _first_non_finite({"model": self.model.state_dict(), "ema": self.ema_model.state_dict()})
         if bad is not None or not torch.isfinite(torch.tensor(loss)):
             what = f"weights hold NaN/inf ({bad})" if bad else f"loss on a fixed batch is {loss}"
