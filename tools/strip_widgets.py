@@ -1,10 +1,14 @@
-"""Drop ipywidgets state from executed notebooks (tqdm.auto draws widgets under Jupyter).
+"""Drop ipywidgets state from executed notebooks and show text progress bars as they ended.
 
     python tools/strip_widgets.py notebooks/*.ipynb
 
 Removes ``metadata.widgets`` and the widget-view part of every output (the plain-text part of a
-progress bar stays), so a committed notebook holds no widget state and stays small.
+progress bar stays), so a committed notebook holds no widget state and stays small. Without
+ipywidgets, tqdm writes text bars that redraw themselves with carriage returns, one stream output
+per redraw: consecutive stream outputs are joined and each line keeps only what follows its last
+carriage return — what a terminal or Jupyter shows, i.e. every bar in its final state.
 """
+import re
 import sys
 
 import nbformat
@@ -26,8 +30,25 @@ def strip(path: str) -> None:
                 if not data:
                     continue
             kept.append(out)
-        cell.outputs = kept
+        cell.outputs = _coalesce_streams(kept)
     nbformat.write(nb, path)
+
+
+def _coalesce_streams(outputs: list) -> list:
+    """Join consecutive stream outputs of the same name and apply carriage returns per line."""
+    joined = []
+    for out in outputs:
+        if (out.get("output_type") == "stream" and joined
+                and joined[-1].get("output_type") == "stream" and joined[-1].name == out.name):
+            joined[-1].text += out.text
+        else:
+            joined.append(out)
+    for out in joined:
+        if out.get("output_type") == "stream":
+            out.text = "\n".join(re.sub(r"^.*\r(?=[^\r]*$)", "", line.rstrip("\r"))
+                                 if "\r" in line.rstrip("\r") else line.rstrip("\r")
+                                 for line in out.text.split("\n"))
+    return joined
 
 
 if __name__ == "__main__":
