@@ -15,7 +15,7 @@ from .sampling import Guidance
 from .schedule import NoiseSchedule
 from .train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model
 from .unet import UNET_PRESETS, UNet, UNetConfig
-from .utils import eval_mode, get_device, pick, quick_mode, seed_everything
+from .utils import eval_mode, get_device, pick, quick_mode, seed_everything, set_quick_mode
 
 __version__ = "0.1.0"
 
@@ -24,5 +24,5 @@ __all__ = [
     "JointDiffusion", "NoiseSchedule", "TrainConfig", "Trainer", "TrainingDiverged",
     "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "load_checkpoint_model",
     "counterfactual", "difference_map", "eval_mode", "get_device", "list_pretrained",
-    "load_pretrained", "pick", "quick_mode", "seed_everything", "__version__",
+    "load_pretrained", "pick", "quick_mode", "seed_everything", "set_quick_mode", "__version__",
 ]

@@ -62,6 +62,19 @@ def quick_mode() -> bool:
     return os.environ.get("JDM_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def set_quick_mode(quick: bool | None) -> None:
+    """Switch quick mode from inside a notebook, before anything runs (its first code cell).
+
+    True or False overrides ``JDM_QUICK`` for this process (and the processes it starts); None
+    leaves the environment variable in charge, which is how CI runs the notebooks quick.
+    """
+    if quick is None:
+        return
+    if not isinstance(quick, bool):
+        raise ValueError(f"quick must be True, False or None, got {quick!r}")
+    os.environ["JDM_QUICK"] = "1" if quick else "0"
+
+
 def pick(full, quick):
     """Return ``quick`` in quick mode and ``full`` otherwise (e.g. ``steps = pick(5000, 50)``)."""
     return quick if quick_mode() else full

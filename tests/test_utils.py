@@ -29,3 +29,17 @@ def test_quick_mode_switch(monkeypatch, value, expected):
     monkeypatch.setenv("JDM_QUICK", value)
     assert quick_mode() is expected
     assert pick(full=1000, quick=10) == (10 if expected else 1000)
+
+
+@pytest.mark.parametrize("env", ["1", "0", ""])
+def test_set_quick_mode_overrides_the_environment_or_leaves_it(monkeypatch, env):
+    from jdm.utils import set_quick_mode
+    monkeypatch.setenv("JDM_QUICK", env)
+    set_quick_mode(None)
+    assert quick_mode() is (env == "1")
+    set_quick_mode(True)
+    assert quick_mode() is True
+    set_quick_mode(False)
+    assert quick_mode() is False
+    with pytest.raises(ValueError, match="True, False or None"):
+        set_quick_mode("yes")
