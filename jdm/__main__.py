@@ -176,6 +176,21 @@ def add_train(subparsers) -> None:
                    help="joint, classifier: hidden width of the classifier head's MLP")
     p.add_argument("--head-dropout", type=float, default=0.1,
                    help="joint, classifier: dropout in the classifier head")
+    p.add_argument("--labels-per-class", type=_positive_int, default=None, metavar="K",
+                   help="joint, classifier: semi-supervised run; keep the labels of K training "
+                        "images per class (class-balanced, drawn with --label-seed) and mark the "
+                        "rest −1 (the joint model trains only its diffusion loss on them, the "
+                        "classifier skips them); the subset is written to OUT/train_log.json")
+    p.add_argument("--label-fraction", type=float, default=None, metavar="F",
+                   help="joint, classifier: like --labels-per-class, but keep a share F in (0, 1] "
+                        "of each class's labels (1 = all)")
+    p.add_argument("--label-seed", type=int, default=None,
+                   help="seed of the labelled subset; default: --seed")
+    p.add_argument("--labelled-batch-size", type=_non_negative_int, default=None, metavar="L",
+                   help="joint, classifier: every step = --batch-size images with labels hidden "
+                        "(diffusion loss only) + L labelled images, so both models see the same "
+                        "L labelled images a step (TrainConfig.labelled_batch_size); default: "
+                        "--batch-size with a label budget, else 0 (plain batches)")
     p.add_argument("--test-limit", type=_positive_int, default=None,
                    help="classifiers (joint, evaluator): measure test accuracy and ECE on the "
                         "first N test images after training; default: the whole test split")
@@ -329,11 +344,25 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError("--alpha and --noise-aware only apply to --model joint")
     if args.model not in ("joint", "classifier") and args.augment:
         raise ValueError("--augment only applies to --model joint or classifier")
+    budget = args.labels_per_class is not None or args.label_fraction is not None
+    if args.model not in ("joint", "classifier") and (
+            budget or args.labelled_batch_size or args.label_seed is not None):
+        raise ValueError("--labels-per-class, --label-fraction, --label-seed and "
+                         "--labelled-batch-size only apply to --model joint or classifier")
+    if args.labels_per_class is not None and args.label_fraction is not None:
+        raise ValueError("give --labels-per-class or --label-fraction, not both")
+    if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
+        raise ValueError(f"--label-fraction must lie in (0, 1] (1 = every label), got "
+                         f"{args.label_fraction}")
+    if args.label_seed is not None and not budget:
+        raise ValueError("--label-seed needs --labels-per-class or --label-fraction")
+    labelled_batch = (args.labelled_batch_size if args.labelled_batch_size is not None
+                      else args.batch_size if budget else 0)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, ema_decay=args.ema_decay,
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                          checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
-                         compile=args.compile)
+                         compile=args.compile, labelled_batch_size=labelled_batch)
     device = get_device(args.device)
     torch.manual_seed(args.seed)  # the initial weights
     model = _build_model(args)
@@ -351,6 +380,20 @@ def _train(args: argparse.Namespace) -> int:
             raise ValueError(f"--limit {args.limit} is more than the {images.shape[0]} training "
                              f"images of {args.dataset}")
         images, labels = images[:args.limit], labels[:args.limit]
+    label_budget = None
+    if budget:
+        from .data import hide_labels, label_subset
+
+        label_seed = args.seed if args.label_seed is None else args.label_seed
+        try:
+            keep = label_subset(labels, args.labels_per_class, args.label_fraction, label_seed)
+        except ValueError as err:  # name the flags, not the function's arguments
+            raise ValueError(f"--labels-per-class/--label-fraction: {err}") from None
+        labels = hide_labels(labels, keep)
+        label_budget = {"labels_per_class": args.labels_per_class,
+                        "label_fraction": args.label_fraction, "label_seed": label_seed,
+                        "labelled": int(keep.numel()), "labelled_batch_size": labelled_batch,
+                        "indices": keep.tolist()}
 
     trainer = Trainer(model, images, labels, config, out_dir=args.out, device=device,
                       progress=not args.no_progress)
@@ -384,6 +427,7 @@ def _train(args: argparse.Namespace) -> int:
         "steps": trainer.step,
         "images": int(images.shape[0]),
         "dataset": args.dataset,
+        "label_budget": label_budget,
         "spec": model.spec(),
         "train_config": asdict(config),
         "history": history,
@@ -466,17 +510,24 @@ def run_sample(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- demo
 def add_demo(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="the course in one picture: the forward process and a shipped model's samples",
-        description="Noise a bundled Fashion-MNIST test image through the forward process and draw "
-                    "samples from a shipped checkpoint (jdm.list_pretrained()); save both as one "
-                    "figure. Runs offline in under a minute on a CPU.",
+        "demo", help="the course in one figure: one shipped joint model classifies, generates on "
+                     "request and explains",
+        description="Load the shipped joint model, measure its test accuracy, draw class-conditional "
+                    "samples (a row per class) and counterfactuals of a few test images towards the "
+                    "class the model ranks second, and save all three as one figure. Runs offline "
+                    "in under a minute on a CPU.",
         formatter_class=_HelpFormatter)
-    p.add_argument("--model", default="ddpm-fmnist-small",
-                   help="name of a shipped generative checkpoint (see jdm.list_pretrained())")
-    p.add_argument("--image-index", type=_non_negative_int, default=0,
-                   help="which Fashion-MNIST test image to noise")
-    p.add_argument("--n", type=_positive_int, default=10, help="number of samples to draw")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise and the samples")
+    p.add_argument("--model", default="jdm-fmnist",
+                   help="name of a shipped joint checkpoint (see jdm.list_pretrained())")
+    p.add_argument("--test-images", type=_positive_int, default=10_000,
+                   help="measure the test accuracy on the first N Fashion-MNIST test images")
+    p.add_argument("--samples-per-class", type=_positive_int, default=4,
+                   help="conditional samples drawn for each class (default guidance)")
+    p.add_argument("--sample-steps", type=_positive_int, default=20,
+                   help="DDIM steps of the conditional samples")
+    p.add_argument("--counterfactuals", type=_positive_int, default=4,
+                   help="test images explained (jdm.counterfactual with its defaults)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and counterfactuals")
     p.add_argument("--out", type=Path, default=Path("jdm-demo.png"),
                    help="image file for the figure (e.g. .png)")
     p.add_argument("--device", default=None,
@@ -488,21 +539,61 @@ def run_demo(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")  # a file, never a window
-    from .data import load_tensors
-    from .pretrained import load_pretrained
-    from .viz import overview_figure
+    from tqdm.auto import tqdm
+
+    from .counterfactual import counterfactual
+    from .data import CLASS_NAMES, load_tensors
+    from .joint import JointDiffusion
+    from .metrics import accuracy
+    from .pretrained import load_pretrained, resolve_name
+    from .sampling import Guidance
+    from .utils import eval_mode
+    from .viz import demo_figure
 
     check_out(args.out, "image")
-    model = load_pretrained(args.model, device=get_device(args.device))
-    if not hasattr(model, "sample"):
-        raise ValueError(f"{args.model!r} is not a generative model; pick a DDPM or joint model")
-    images, _ = load_tensors("fashion_mnist", train=False)
-    if args.image_index >= images.shape[0]:
-        raise ValueError(f"--image-index must be below {images.shape[0]}, got {args.image_index}")
-    overview_figure(model, images[args.image_index:args.image_index + 1], n_samples=args.n,
-                    seed=args.seed, path=args.out)
-    print(f"wrote {args.out} (forward process of test image {args.image_index}, "
-          f"{args.n} samples of {args.model})")
+    start = time.perf_counter()
+    device = get_device(args.device)
+    model = load_pretrained(args.model, device=device)
+    if not isinstance(model, JointDiffusion):
+        raise ValueError(f"{args.model!r} is not a joint model (e.g. jdm-fmnist): the demo needs "
+                         "its classifier head")
+    images, labels = load_tensors("fashion_mnist", train=False)
+    n = min(args.test_images, images.shape[0])
+    names = [name.split("/")[0] for name in CLASS_NAMES["fashion_mnist"]]
+
+    # 1. classify: the head on the shared encoder's features of the clean image
+    with eval_mode(model), torch.no_grad():
+        logits = torch.cat([model.classify(images[i:i + 500].to(device)).float().cpu()
+                            for i in tqdm(range(0, n, 500), desc="classifying test images")])
+    acc = accuracy(logits, labels[:n])
+    print(f"{resolve_name(args.model)}: test accuracy {acc:.4f} on {n:,} Fashion-MNIST test images")
+
+    # 2. generate on request: the default guidance, one row per class
+    guidance = Guidance().resolve(model.noise_aware)
+    wanted = torch.arange(model.num_classes).repeat_interleave(args.samples_per_class)
+    samples = model.sample(len(wanted), labels=wanted, steps=args.sample_steps,
+                           generator=torch.Generator().manual_seed(args.seed)).cpu()
+
+    # 3. explain: the first few test images towards the class the model ranks second
+    k = min(args.counterfactuals, n)
+    x, runner_up = images[:k], logits[:k].topk(2, dim=1).indices[:, 1]
+    x_cf = counterfactual(model, x, runner_up.to(device),
+                          generator=torch.Generator().manual_seed(args.seed)).cpu()
+    with eval_mode(model), torch.no_grad():
+        reached = (model.classify(x_cf.to(device)).argmax(1).cpu() == runner_up).sum().item()
+
+    probs = logits[:8].softmax(1)
+    demo_figure(images[:8], labels[:8], probs.argmax(1), probs.max(1).values, samples, wanted,
+                x, x_cf, [f"{names[a]} → {names[b]}" for a, b in zip(labels[:k].tolist(),
+                                                                    runner_up.tolist())],
+                names, accuracy_text=f"test accuracy {acc:.3f} on {n:,} images",
+                sampler_text=f"{guidance.kind} guidance, scale {guidance.scale:g}, "
+                             f"DDIM-{args.sample_steps}",
+                cf_text=f"towards the runner-up class; the model's own head agrees for {reached} of {k}",
+                path=args.out)
+    print(f"wrote {args.out}: {n:,} test images classified, {len(wanted)} conditional samples "
+          f"({guidance.kind} guidance, DDIM-{args.sample_steps}), {k} counterfactuals "
+          f"in {time.perf_counter() - start:.0f} s on {device}")
     return 0
 
 

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-__all__ = ["DATASETS", "CLASS_NAMES", "data_dir", "load_tensors", "load_dataset", "sha256"]
+__all__ = ["DATASETS", "CLASS_NAMES", "data_dir", "load_tensors", "load_dataset", "sha256",
+           "label_subset", "hide_labels"]
 
 # name -> (torchvision class name, image shape)
 DATASETS: dict[str, tuple[str, tuple[int, int, int]]] = {
@@ -219,3 +220,73 @@ def _missing_message(name: str, root: Path, tried_download: bool) -> str:
     )
     why = "could not be downloaded (no network?)" if tried_download else "is not on disk"
     return f"dataset {name!r} ({tv_name}) {why}; looked in {root}. To get it: {how}."
+
+
+def label_subset(labels: Tensor, per_class: int | None = None, fraction: float | None = None,
+                 seed: int = 0) -> Tensor:
+    """A class-balanced, seeded choice of which training images keep their label.
+
+    The semi-supervised setting of Deja et al. (2023): a few labelled images, the rest train the
+    diffusion loss only. Each class ``c`` keeps ``per_class`` images, or ``max(1, round(fraction *
+    n_c))`` of its ``n_c`` images, drawn without replacement by ``torch.randperm`` under a
+    ``torch.Generator`` seeded with ``seed`` (one draw per class, classes in order), so the same
+    labels and seed always give the same subset.
+
+    Args:
+        labels: (N,) int64 class labels (no −1: pass the full labels of the split).
+        per_class: K labelled images per class (1 <= K <= the smallest class's size).
+        fraction: f in (0, 1], the share of each class that keeps its label (1 = all).
+        seed: seeds the draw.
+
+    Returns:
+        (M,) int64 indices into ``labels``, sorted ascending (M = K · classes, or the sum over
+        classes for a fraction).
+
+    Raises:
+        ValueError: neither or both of ``per_class`` and ``fraction``, K < 1 or larger than the
+            smallest class, f outside (0, 1], or labels that are not a 1-D integer tensor of
+            class indices >= 0.
+    """
+    if not isinstance(labels, Tensor) or labels.dim() != 1 or labels.is_floating_point():
+        raise ValueError("labels must be a 1-D integer tensor of class indices, got "
+                         f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels)}")
+    if labels.numel() and labels.min() < 0:
+        raise ValueError("labels must be the full class labels (>= 0); this picks which to keep, "
+                         "so pass the labels before any are hidden as −1")
+    if (per_class is None) == (fraction is None):
+        raise ValueError("give exactly one of per_class (labels per class) and fraction "
+                         "(share of labelled images)")
+    labels = labels.cpu()
+    classes, counts = torch.unique(labels, return_counts=True)
+    if per_class is not None:
+        if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
+            raise ValueError(f"labels per class must be a positive integer, got {per_class!r}")
+        smallest = int(counts.min()) if counts.numel() else 0
+        if per_class > smallest:
+            c = int(classes[counts.argmin()]) if counts.numel() else None
+            raise ValueError(f"cannot keep {per_class} labels per class: class {c} has only "
+                             f"{smallest} images; choose labels per class <= {smallest} (or a "
+                             "fraction)")
+    elif not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+              and 0 < fraction <= 1):
+        raise ValueError(f"label fraction must lie in (0, 1] (1 = every label), got {fraction!r}")
+    generator = torch.Generator().manual_seed(int(seed))
+    chosen = []
+    for c, n_c in zip(classes.tolist(), counts.tolist()):
+        members = (labels == c).nonzero().squeeze(1)
+        k = per_class if per_class is not None else max(1, round(fraction * n_c))
+        chosen.append(members[torch.randperm(n_c, generator=generator)[:k]])
+    if not chosen:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.cat(chosen).sort().values
+
+
+def hide_labels(labels: Tensor, keep: Tensor) -> Tensor:
+    """A copy of ``labels`` (N,) with −1 ("unlabelled") everywhere except at the indices ``keep``
+    (e.g. from ``label_subset``); the joint model trains only its diffusion loss on the −1s."""
+    keep = torch.as_tensor(keep, dtype=torch.long)
+    if keep.numel() and (keep.min() < 0 or keep.max() >= labels.shape[0]):
+        raise ValueError(f"keep holds indices outside 0..{labels.shape[0] - 1}")
+    hidden = torch.full_like(labels, -1)
+    hidden[keep] = labels[keep]
+    return hidden

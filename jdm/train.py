@@ -77,7 +77,7 @@ CHECKPOINT_VERSION = 1
 # Changing these between an interrupted run and its resume changes the run itself (other batches,
 # another optimiser trajectory); the others (steps, logging, checkpointing) are safe to change.
 _TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "ema_decay", "ema_warmup", "grad_clip",
-                      "warmup_steps", "seed", "amp", "compile")
+                      "warmup_steps", "seed", "amp", "compile", "labelled_batch_size")
 
 
 @dataclass
@@ -105,6 +105,14 @@ class TrainConfig:
         compile: run the model's loss through ``torch.compile`` (opt-in: the first steps pay the
             compilation; benchmarks/README.md has the measured gain). Compiled random numbers
             differ from eager ones, so a run is repeatable but not bit-identical to an eager one.
+        labelled_batch_size: 0 = every step is ``batch_size`` images drawn from all the data with
+            their labels. L > 0 (semi-supervised, labels −1 = unlabelled): every step is
+            ``batch_size`` images drawn from all the data with their labels *hidden* (−1: the
+            joint model's diffusion loss only) followed by L images drawn from the labelled ones
+            (label >= 0), so the classification loss sees exactly L labelled images a step
+            whatever the share of labels, and a model trained on the same data and seed sees the
+            same labelled batches. The labelled images are drawn epoch by epoch over the
+            labelled set (a new permutation each pass, repeating it when L exceeds its size).
     """
 
     steps: int = 10_000
@@ -122,6 +130,7 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     compile: bool = False
+    labelled_batch_size: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -132,6 +141,8 @@ class TrainConfig:
             (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.labelled_batch_size >= 0, "labelled_batch_size must be >= 0 (0 = plain batches), "
+                                            f"got {self.labelled_batch_size}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
             (self.checkpoint_every >= 0,
@@ -423,6 +434,12 @@ class Trainer:
                              f"({images.shape[0]} images); lower it or use more data")
         if config.eval_every and eval_fn is None:
             raise ValueError(f"eval_every={config.eval_every} but no eval_fn was given")
+        self._labelled: Tensor | None = None  # CPU indices of labels >= 0 (labelled_batch_size)
+        if config.labelled_batch_size:
+            if labels is None or not (labels >= 0).any():
+                raise ValueError(f"labelled_batch_size={config.labelled_batch_size} needs labels "
+                                 "with at least one labelled image (label >= 0; −1 = unlabelled)")
+            self._labelled = (labels.cpu() >= 0).nonzero().squeeze(1)
         for name in ("loss", "spec"):
             if not callable(getattr(model, name, None)):
                 raise ValueError(f"the model must have a {name}() method (see jdm.diffusion)")
@@ -450,6 +467,7 @@ class Trainer:
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumes
         self._epoch_perm: tuple[int, Tensor] | None = None  # (epoch, permutation on the CPU)
         self._device_perm: tuple[int, Tensor] | None = None  # the same, copied to the device
+        self._labelled_perms: dict[int, Tensor] = {}  # pass over the labelled set → permutation
         self._window: list[Tensor] = []  # per-step losses (and grad norms) not yet checked
         self._data: dict | None = None  # size and sha256 of the training data (``_data_id``)
         self._saved: tuple[Path, int] | None = None  # the last checkpoint written/read, its step
@@ -503,7 +521,34 @@ class Trainer:
             self._device_perm = (epoch, self._epoch_perm[1].to(self.device))
         bs = self.config.batch_size
         idx = self._device_perm[1][k * bs:(k + 1) * bs]
-        return self.images[idx], self.labels[idx] if self.labels is not None else None
+        if self._labelled is None:
+            return self.images[idx], self.labels[idx] if self.labels is not None else None
+        extra = self.labelled_batch_indices(step).to(self.device)
+        hidden = torch.full((bs,), -1, dtype=self.labels.dtype, device=self.device)
+        return (torch.cat([self.images[idx], self.images[extra]]),
+                torch.cat([hidden, self.labels[extra]]))
+
+    def labelled_batch_indices(self, step: int) -> Tensor:
+        """The dataset indices (labelled_batch_size,) of step ``step``'s labelled part (see
+        ``TrainConfig.labelled_batch_size``), a pure function of it: positions ``step·L …
+        (step+1)·L − 1`` of an endless stream of passes over the labelled images, pass ``p``
+        ordered by ``randperm(M, generator=Generator().manual_seed(seed * 1_000_003 + 500_009 +
+        p))``."""
+        if self._labelled is None:
+            raise ValueError("this Trainer has no labelled batches (labelled_batch_size is 0)")
+        n, size = self._labelled.shape[0], self.config.labelled_batch_size
+        positions = torch.arange(step * size, (step + 1) * size)
+        passes, within = positions // n, positions % n
+        out = torch.empty(size, dtype=torch.long)
+        for p in passes.unique().tolist():
+            if p not in self._labelled_perms:
+                if len(self._labelled_perms) > 4:
+                    self._labelled_perms.pop(min(self._labelled_perms))
+                g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 500_009 + p)
+                self._labelled_perms[p] = torch.randperm(n, generator=g)
+            here = passes == p
+            out[here] = self._labelled[self._labelled_perms[p][within[here]]]
+        return out
 
     # ------------------------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> list[dict]:
