@@ -25,15 +25,21 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 try:
-    from .sampling import Guidance, guided_eps, sample_loop
+    from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps, sample_loop
     from .utils import eval_mode
 except ImportError:  # copied next to sampling.py, schedule.py and utils.py
-    from sampling import Guidance, guided_eps, sample_loop
+    from sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps, sample_loop
     from utils import eval_mode
 
-__all__ = ["counterfactual", "difference_map", "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS"]
+__all__ = ["counterfactual", "ddim_invert", "difference_map", "DEFAULT_T_STAR",
+           "DEFAULT_COUNTERFACTUAL_STEPS", "DEFAULT_START", "STARTS"]
+
+STARTS = ("inversion", "noise")
+DEFAULT_START = "inversion"
+"""How x reaches t* by default; see ``counterfactual``'s ``start``."""
 
 DEFAULT_T_STAR = 275
 """Default noising step t* out of T = 1000; notebook 07 measures flip rate and closeness against t*.
@@ -55,26 +61,35 @@ def counterfactual(
     *,
     t_star: int = DEFAULT_T_STAR,
     guidance: Guidance | str | None = None,
+    start: str = DEFAULT_START,
+    keep: float = 0.0,
     method: str = "ddim",
     steps: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool = True,
     return_trajectory: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor]]:
-    """Counterfactuals of ``x`` towards ``target``: noise to ``t_star``, then guided reverse process.
+    """Counterfactuals of ``x`` towards ``target``: bring x to ``t_star``, then guided reverse.
 
     Args:
         model: a ``JointDiffusion``.
         x: (N, C, H, W) real images in [-1, 1].
         target: the class to move to: an int, or (N,) class indices (``sample`` calls it
             ``labels``).
-        t_star: the step x is noised to, 1 <= t_star < T. Larger: more change.
+        t_star: the step x is taken to, 1 <= t_star < T. Larger: more change.
         guidance: the conditional sampler, as for ``JointDiffusion.sample`` (a ``Guidance``, a kind
-            name, or None for the defaults; its ``eta`` is the reverse process's DDIM noise).
+            name, or None for the defaults). Its ``eta`` is the reverse process's DDIM noise;
+            None: 0 after inversion (fresh noise would wash the inverted image out),
+            ``DEFAULT_CONDITIONAL_ETA`` after ``start="noise"``.
+        start: how x reaches t*: ``"inversion"`` (deterministic DDIM inversion with the model's
+            own ε̂, ``ddim_invert``: unguided, the reverse process gives x back) or ``"noise"``
+            (the forward process with fresh noise, ``q_sample``, as in the paper).
+        keep: 0 … 1, how hard to hold the counterfactual near x: at every reverse step the clean
+            image the guided ε̂ implies is pulled this fraction of the way to x (0: no pull).
         method, steps: ``"ddim"`` with ``steps`` steps spread over [0, t_star] (None:
             ``DEFAULT_COUNTERFACTUAL_STEPS``; at most every step) or ancestral ``"ddpm"`` over
-            every step from t_star.
-        generator: draws the forward-process noise (and the reverse process's): same generator
+            every step from t_star (``start="noise"`` only). Inversion uses the same steps.
+        generator: draws the forward-process noise and the reverse process's: same generator
             state, same counterfactuals.
         progress: show a progress bar.
         return_trajectory: also return [x_{t*}, …, x_cf] (each (N, C, H, W), on the CPU).
@@ -96,22 +111,87 @@ def counterfactual(
     T = model.schedule.num_steps
     if isinstance(t_star, bool) or not isinstance(t_star, int) or not 1 <= t_star < T:
         raise ValueError(f"t_star must be an int in 1..{T - 1}, got {t_star!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
+        raise ValueError(f"keep must be a number in [0, 1], got {keep!r}")
+    if start == "inversion" and method != "ddim":
+        raise ValueError("DDIM inversion needs method='ddim' (ancestral DDPM is not invertible); "
+                         "use start='noise' for ancestral sampling")
     if method == "ddim" and steps is None:
         steps = DEFAULT_COUNTERFACTUAL_STEPS
     n = x.shape[0]
     device = next(model.parameters()).device
     g = Guidance.of(guidance)
     eps_fn = guided_eps(model, target, n, g)  # checks the target
+    x = x.to(device).float()
+    if keep > 0:
+        eps_fn = _held_near(eps_fn, model.schedule, x, keep)
 
-    # forward process to t*: noise drawn on the generator's device, as in sample_loop
-    noise = torch.randn(x.shape, generator=generator,
-                        device=generator.device if generator is not None else "cpu")
-    t = torch.full((n,), t_star, dtype=torch.long, device=device)
-    x_t = model.schedule.q_sample(x.to(device).float(), t, noise.to(device))
     with eval_mode(model), torch.no_grad():
+        if start == "inversion":
+            x_t = ddim_invert(model, x, t_star, steps=steps, progress=progress)
+        else:  # forward process; noise drawn on the generator's device, as in sample_loop
+            noise = torch.randn(x.shape, generator=generator,
+                                device=generator.device if generator is not None else "cpu")
+            t = torch.full((n,), t_star, dtype=torch.long, device=device)
+            x_t = model.schedule.q_sample(x, t, noise.to(device))
+        eta = g.eta if g.eta is not None else (
+            0.0 if start == "inversion" else DEFAULT_CONDITIONAL_ETA)
         return sample_loop(eps_fn, model.schedule, (n, *shape), method=method, steps=steps,
-                           eta=g.eta, generator=generator, device=device, progress=progress,
+                           eta=eta, generator=generator, device=device, progress=progress,
                            x_T=x_t, start_step=t_star, return_trajectory=return_trajectory)
+
+
+@torch.no_grad()
+def ddim_invert(model, x: Tensor, t_star: int, *, steps: int | None = None,
+                progress: bool = False) -> Tensor:
+    """Deterministic DDIM inversion (Song et al. 2021, Sec. 4.3): x_0 → x_{t*} with the model's ε̂.
+
+    DDIM with η = 0 is an ODE; run it forwards over the timesteps the reverse process will visit
+    (``schedule.timesteps(steps, start=t_star)`` in ascending order), using ε̂ at the current point
+    for each step up:
+
+        x̂_0 = (x_s − √(1 − ᾱ_s) ε̂(x_s, s)) / √ᾱ_s,    x_{s'} = √ᾱ_{s'} x̂_0 + √(1 − ᾱ_{s'}) ε̂(x_s, s).
+
+    Unlike fresh noise, x_{t*} keeps what the model needs to redraw *this* image, so the unguided
+    reverse process returns close to x (notebook 07 measures how close).
+
+    Args: x (N, C, H, W) in [-1, 1]; t_star in 1..T−1; steps as for DDIM (None: every step).
+    Returns: x_{t*} (N, C, H, W).
+    """
+    schedule = model.schedule
+    ascending = schedule.timesteps(None if steps is None else min(steps, t_star + 1),
+                                   start=t_star)[::-1]
+    n = x.shape[0]
+    x_s = x
+    previous = None  # the clean image sits at "s = −1": take its first step with ε̂ at s = 0
+    for s in tqdm(ascending, desc="ddim inversion", disable=not progress, leave=False):
+        t = torch.full((n,), s, dtype=torch.long, device=x.device)
+        if previous is None:
+            eps = model.unet(x_s, t)
+            x0 = x_s
+        else:
+            t_prev = torch.full((n,), previous, dtype=torch.long, device=x.device)
+            eps = model.unet(x_s, t_prev)
+            x0 = schedule.predict_x0(x_s, t_prev, eps)
+        ab = schedule.alpha_bars.to(x.device)[s]
+        x_s = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+        previous = s
+    return x_s
+
+
+def _held_near(eps_fn, schedule, x0: Tensor, keep: float):
+    """ε̂ whose implied clean image is pulled a fraction ``keep`` of the way to ``x0``.
+
+    x̂_0 ← (1 − keep)·x̂_0 + keep·x0 is, in ε form, ε̂ ← (1 − keep)·ε̂ + keep·ε(x_t, x0), the noise
+    that would lead from x_t exactly to x0 — a distance term towards the original, as DiME-style
+    explainers use, at no extra network cost.
+    """
+    def eps(x_t: Tensor, t: Tensor) -> Tensor:
+        guided = eps_fn(x_t, t)
+        return (1 - keep) * guided + keep * schedule.predict_eps(x_t, t, x0)
+    return eps
 
 
 def difference_map(x: Tensor, x_cf: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .counterfactual import DEFAULT_T_STAR, counterfactual
+from .counterfactual import DEFAULT_START, DEFAULT_T_STAR, counterfactual
 from .metrics import (class_agreement, frechet_distance, image_distances, per_class_frechet,
                       precision_recall)
 from .sampling import Guidance
@@ -131,6 +131,7 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
                              real_images: Tensor, real_labels: Tensor, *,
                              t_star: int = DEFAULT_T_STAR, guidance: Guidance | str | None = None,
+                             start: str = DEFAULT_START, keep: float = 0.0,
                              steps: int | None = None, seed: int = 0, batch_size: int = 250,
                              exclude: Tensor | None = None, progress: bool = True) -> dict:
     """Counterfactuals of ``images`` towards ``targets``, scored by the evaluator.
@@ -139,7 +140,7 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         model, evaluator: as in ``evaluate_conditional``.
         images, labels, targets: (N, C, H, W) originals, (N,) their classes, (N,) target classes.
         real_images, real_labels: real images to draw the class-matched comparison set from.
-        t_star, guidance, steps: ``jdm.counterfactual``'s.
+        t_star, guidance, start, keep, steps: ``jdm.counterfactual``'s.
         exclude: indices into ``real_images`` not to use for the comparison (the originals, when
             they come from the same split).
 
@@ -149,14 +150,15 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         vs real images of the target classes (class-matched), "seconds", "counterfactuals"}``.
     """
     generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
+    began = time.perf_counter()
 
     def explain(part: slice) -> Tensor:
         return counterfactual(model, images[part], targets[part], t_star=t_star, guidance=guidance,
-                              steps=steps, generator=generator, progress=False)
+                              start=start, keep=keep, steps=steps, generator=generator,
+                              progress=False)
 
     cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={t_star}")
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - began
     pred = evaluator.predict(cfs).cpu()
     real = class_matched_indices(real_labels, targets, torch.Generator().manual_seed(seed), exclude)
     return {

@@ -47,7 +47,7 @@ from torch import Tensor
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
 from .inputs import check_images, check_timesteps
-from .sampling import Guidance, guided_eps
+from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
 from .schedule import NoiseSchedule
 from .unet import Features, UNet
 from .utils import eval_mode
@@ -282,7 +282,8 @@ class JointDiffusion(DiffusionModel):
             eps_fn, default_eta = self.eps, 0.0
         else:
             g = Guidance.of(guidance)
-            eps_fn, default_eta = guided_eps(self, labels, n, g), g.eta
+            eps_fn = guided_eps(self, labels, n, g)
+            default_eta = DEFAULT_CONDITIONAL_ETA if g.eta is None else g.eta
         return self.run_sampler(eps_fn, n, method=method, steps=steps,
                                 eta=default_eta if eta is None else eta, generator=generator,
                                 progress=progress)

@@ -119,7 +119,9 @@ class Guidance:
             None: ``DEFAULT_SCALES[kind]``.
         inner_steps: feature updates per reverse step (representation samplers), >= 1.
         levels: ``"all"`` or ``"lowest"`` (representation samplers); None: ``DEFAULT_LEVELS``.
-        eta: DDIM η of the conditional reverse process, in [0, 1].
+        eta: DDIM η of the conditional reverse process, in [0, 1]; None: the entry point's
+            default (``DEFAULT_CONDITIONAL_ETA`` for samples; ``jdm.counterfactual`` uses 0 after
+            DDIM inversion, which must not be washed out by fresh noise).
     """
 
     kind: str = field(default=DEFAULT_GUIDANCE, metadata={
@@ -137,8 +139,10 @@ class Guidance:
         "choices": REPRESENTATION_LEVELS,
         "help": "representation samplers: move every feature map or only the lowest-resolution "
                 "ones (default: jdm.sampling.DEFAULT_LEVELS)"})
-    eta: float = field(default=DEFAULT_CONDITIONAL_ETA, metadata={
-        "help": "DDIM noise of the conditional reverse process, 0 (deterministic) … 1"})
+    eta: float | None = field(default=None, metadata={
+        "help": "DDIM noise of the conditional reverse process, 0 (deterministic) … 1 (default: "
+                "jdm.sampling.DEFAULT_CONDITIONAL_ETA for samples; for counterfactuals 0 after "
+                "DDIM inversion, DEFAULT_CONDITIONAL_ETA after fresh noise)"})
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", *GUIDANCE_KINDS):
@@ -151,7 +155,7 @@ class Guidance:
             raise ValueError(f"inner_steps must be an int >= 1, got {self.inner_steps!r}")
         if self.levels is not None and self.levels not in REPRESENTATION_LEVELS:
             raise ValueError(f"levels must be one of {REPRESENTATION_LEVELS}, got {self.levels!r}")
-        if not 0.0 <= self.eta <= 1.0:
+        if self.eta is not None and not 0.0 <= self.eta <= 1.0:  # also rejects NaN
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
 
     @classmethod

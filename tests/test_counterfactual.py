@@ -46,9 +46,52 @@ def test_shapes_and_trajectory(images, guidance):
 
 def test_deterministic_with_a_generator(images):
     model = make()
-    run = lambda seed: counterfactual(model, images, 4, t_star=15, steps=4,  # noqa: E731
-                                      generator=torch.Generator().manual_seed(seed), progress=False)
-    assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
+    run = lambda seed, **kw: counterfactual(model, images, 4, t_star=15, steps=4,  # noqa: E731
+                                            generator=torch.Generator().manual_seed(seed),
+                                            progress=False, **kw)
+    assert torch.equal(run(0, start="noise"), run(0, start="noise"))
+    assert not torch.equal(run(0, start="noise"), run(1, start="noise"))
+    # DDIM inversion and η = 0 (its default) draw no noise at all: the seed does not matter
+    assert torch.equal(run(0, start="inversion"), run(1, start="inversion"))
+    assert not torch.equal(run(0, start="inversion", guidance=Guidance(eta=1.0)),
+                           run(1, start="inversion", guidance=Guidance(eta=1.0)))
+
+
+class ConstantNoiseModel(torch.nn.Module):
+    """A stand-in whose ε̂ is one fixed noise image whatever x_t and t: then DDIM inversion must
+    land exactly on q_sample(x, t*, that noise), and DDIM back must return x exactly."""
+
+    def __init__(self, noise):
+        super().__init__()
+        self.noise, self.schedule = noise, NoiseSchedule(50)
+        self.unet = lambda x, t: self.noise.expand_as(x)
+
+
+@pytest.mark.parametrize("t_star, steps", [(1, None), (30, 7), (49, None)])
+def test_ddim_inversion_is_exact_for_a_constant_noise_prediction(images, t_star, steps):
+    from jdm.counterfactual import ddim_invert
+    from jdm.sampling import sample_loop
+    noise = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    model = ConstantNoiseModel(noise)
+    x_t = ddim_invert(model, images, t_star, steps=steps)
+    t = torch.full((len(images),), t_star)
+    torch.testing.assert_close(x_t, model.schedule.q_sample(images, t, noise.expand_as(images)))
+    back = sample_loop(model.unet, model.schedule, tuple(images.shape), method="ddim",
+                       steps=steps or t_star + 1, x_T=x_t, start_step=t_star, progress=False)
+    # (float32 error, divided by √ᾱ_{t*} ≈ 3e-3 at t* = 49 of 50, allows 1e-3)
+    torch.testing.assert_close(back, images, rtol=0, atol=1e-3)
+
+
+def test_keep_one_returns_the_original_and_keep_pulls_towards_it(images):
+    model = make()
+    run = lambda keep, start: counterfactual(  # noqa: E731
+        model, images, 2, t_star=30, steps=6, keep=keep, start=start,
+        guidance=Guidance("classifier", scale=50.0), generator=torch.Generator().manual_seed(0),
+        progress=False)
+    for start in ("inversion", "noise"):
+        torch.testing.assert_close(run(1.0, start), images, rtol=1e-4, atol=1e-4)
+        far, near = ((run(k, start) - images).abs().mean() for k in (0.0, 0.5))
+        assert near < far
 
 
 def test_small_t_star_stays_close(images):
@@ -58,7 +101,7 @@ def test_small_t_star_stays_close(images):
     dist = {}
     for t_star in (1, 40):
         x_cf = counterfactual(model, images, 0, t_star=t_star, guidance=Guidance(scale=0.0),
-                              steps=t_star + 1,
+                              steps=t_star + 1, start="noise",
                               generator=torch.Generator().manual_seed(0), progress=False)
         dist[t_star] = (x_cf - images).abs().mean().item()
     assert dist[1] < 0.15 and dist[40] > 3 * dist[1]
@@ -69,7 +112,7 @@ def test_batches_are_independent(images):
     guidance gradient of one example never involves another (LayerNorm head, summed log-probs)."""
     model = make()
     both = counterfactual(model, images[:2], torch.tensor([5, 6]), t_star=10, steps=3,
-                          guidance=Guidance("classifier", scale=5.0, eta=0.0),
+                          guidance=Guidance("classifier", scale=5.0, eta=0.0), start="noise",
                           generator=torch.Generator().manual_seed(0), progress=False)
     # same noise for the first image: draw the pair's noise, keep only the first image's
     g = torch.Generator().manual_seed(0)
@@ -88,6 +131,11 @@ def test_batches_are_independent(images):
     ({"target": 1, "t_star": 0}, "t_star"),
     ({"target": 1, "t_star": 50}, "t_star"),
     ({"target": 1, "guidance": "nope"}, "guidance"),
+    ({"target": 1, "start": "invert"}, "start"),
+    ({"target": 1, "start": "inversion", "method": "ddpm"}, "inversion"),
+    ({"target": 1, "keep": 1.5}, "keep"),
+    ({"target": 1, "keep": -0.1}, "keep"),
+    ({"target": 1, "keep": True}, "keep"),
 ])
 def test_bad_input_is_refused(images, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -165,7 +165,7 @@ def test_guidance_changes_what_the_model_samples(kind):
 
 def test_guidance_defaults_are_defined_once_and_resolved_per_model():
     assert Guidance().resolve(noise_aware=True) == Guidance(
-        "classifier", DEFAULT_SCALES["classifier"], 1, None, 1.0)
+        "classifier", DEFAULT_SCALES["classifier"], 1, None, None)
     paper = Guidance().resolve(noise_aware=False)
     assert paper.kind == "representation" and paper.levels == DEFAULT_LEVELS["representation"] == "all"
     assert paper.scale == DEFAULT_SCALES["representation"]
@@ -187,6 +187,12 @@ def test_sample_eta_defaults_follow_the_method():
                        model.sample(2, eta=0.3, generator=g(), **guided))
     assert not torch.equal(model.sample(2, generator=g(), **guided),
                            model.sample(2, eta=0.0, generator=g(), **guided))
+    # Guidance(eta=None), the default: DEFAULT_CONDITIONAL_ETA for samples
+    from jdm.sampling import DEFAULT_CONDITIONAL_ETA
+    plain = dict(labels=1, guidance=Guidance("classifier"), **kw)
+    assert Guidance().eta is None
+    assert torch.equal(model.sample(2, generator=g(), **plain),
+                       model.sample(2, eta=DEFAULT_CONDITIONAL_ETA, generator=g(), **plain))
 
 
 def test_classifier_guidance_on_a_clean_only_head_warns():
