@@ -16,6 +16,14 @@ delete its row, or pass --force, to redo it), with each run's exact command, wal
 machine's load average, and the hardware. Runs live in ``runs/label_budgets/``; with
 ``--export-seed S`` the runs of seed S are also shipped to ``data/checkpoints`` as
 ``{joint,classifier}-fmnist-tiny-{budget}``.
+
+    python benchmarks/label_budgets.py --probes        # linear probes of the encoders
+
+``--probes`` writes ``docs/label_budgets_probes.json``: notebook 04's probe protocol (the first
+3,000 training and 1,000 test images, x_t noised with seeds 1 and 2, ``jdm.probe.fit_linear_probe``
+per encoder block and on all blocks concatenated) over noise levels for the encoders of the shipped
+DDPM, joint model and classifier, and at t = 0 (all blocks) for the shipped tiny label-budget
+models of the exported seed. Missing entries are computed, present ones kept.
 """
 from __future__ import annotations
 
@@ -58,6 +66,59 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PROBE_TIMESTEPS = [0, 100, 300, 500, 900]
+TRIO = ["ddpm-fmnist-small", "joint-fmnist-small", "classifier-fmnist-small"]
+
+
+def probe_row(unet, schedule, timesteps: list[int], n_train: int = 3000, n_test: int = 1000) -> dict:
+    """Notebook 04's protocol: per-block and all-blocks linear-probe test accuracy at each t."""
+    import torch
+
+    from jdm.data import load_tensors
+    from jdm.probe import encoder_features, fit_linear_probe
+
+    train_x, train_y = [t[:n_train] for t in load_tensors("fashion_mnist", train=True)]
+    test_x, test_y = [t[:n_test] for t in load_tensors("fashion_mnist", train=False)]
+    per_block, concat = [], []
+    for t in timesteps:
+        tr = encoder_features(unet, schedule, train_x, t=t, seed=1)
+        te = encoder_features(unet, schedule, test_x, t=t, seed=2)
+        per_block.append([round(fit_linear_probe(a, train_y, b, test_y), 4) for a, b in zip(tr, te)])
+        concat.append(round(fit_linear_probe(torch.cat(tr, 1), train_y, torch.cat(te, 1), test_y), 4))
+        print(f"  t = {t}: all blocks {concat[-1]:.3f}", flush=True)
+    return {"timesteps": timesteps, "per_block": per_block, "all_blocks": concat,
+            "n_train": n_train, "n_test": n_test}
+
+
+def run_probes(path: Path) -> None:
+    import torch
+
+    import jdm
+    from jdm.schedule import NoiseSchedule
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update({"protocol": "notebook 04: jdm.probe.encoder_features (noise seeds 1 train, 2 test) "
+                             "and jdm.probe.fit_linear_probe on the first 3000 training / 1000 test "
+                             "images; the classifier's encoder is probed with the DDPM's schedule "
+                             "(T = 1000, linear β)",
+                 "regenerate": "python benchmarks/label_budgets.py --probes",
+                 "machine": f"{os.cpu_count()} CPU cores, shared with other jobs"})
+    models = data.setdefault("models", {})
+    schedule = NoiseSchedule(1000, "linear")
+    names = TRIO + [f"{m}-fmnist-tiny-{b}" for b in BUDGETS for m in ("joint", "classifier")]
+    for name in names:
+        if name in models or name not in jdm.list_pretrained():
+            continue
+        model = jdm.load_pretrained(name)
+        timesteps = PROBE_TIMESTEPS if name in TRIO else [0]
+        print(f"probing {name} at t = {timesteps}", flush=True)
+        t0 = time.perf_counter()
+        models[name] = {**probe_row(model.unet, getattr(model, "schedule", schedule), timesteps),
+                        "seconds": round(time.perf_counter() - t0, 1)}
+        path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
@@ -71,7 +132,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also ship the runs of this seed as data/checkpoints/*-fmnist-tiny-*")
     p.add_argument("--force", action="store_true", help="train again runs already in --json")
     p.add_argument("--print", action="store_true", help="only print the table of --json")
+    p.add_argument("--probes", action="store_true",
+                   help="only compute the linear probes (docs/label_budgets_probes.json)")
     args = p.parse_args(argv)
+    if args.probes:
+        run_probes(ROOT / "docs" / "label_budgets_probes.json")
+        return 0
 
     data = json.loads(args.json.read_text()) if args.json.is_file() else {"rows": []}
     if args.print:
