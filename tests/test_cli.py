@@ -117,11 +117,18 @@ def test_bad_values_give_a_message(argv, message, tmp_path, capsys):
     assert err.startswith("jdm ") and message in err
 
 
-def test_demo_writes_the_overview_figure(tmp_path, capsys):
+def test_demo_classifies_generates_and_explains_with_the_shipped_joint_model(tmp_path, capsys):
     out = tmp_path / "demo.png"
-    assert main(["demo", "--n", "2", "--device", "cpu", "--out", str(out)]) == 0
-    assert Image.open(out).size[0] > 500 and "ddpm-fmnist-small" in capsys.readouterr().out
-    assert main(["demo", "--model", "evaluator-fmnist", "--out", str(out)]) == 2
+    assert main(["demo", "--test-images", "40", "--samples-per-class", "1", "--sample-steps", "2",
+                 "--counterfactuals", "2", "--device", "cpu", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    accuracy = float(printed.split("test accuracy ")[1].split()[0])
+    assert "joint-fmnist-small" in printed and "on 40 Fashion-MNIST test images" in printed
+    assert 0.7 < accuracy <= 1.0  # 0.891 on all 10,000 test images
+    assert "10 conditional samples" in printed and "2 counterfactuals" in printed
+    assert Image.open(out).size[0] > 1000
+    assert main(["demo", "--model", "ddpm-fmnist", "--out", str(out)]) == 2
+    assert "not a joint model" in capsys.readouterr().err
 
 
 def test_sample_from_a_shipped_weights_file(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Tests for jdm.viz: grids and the overview figure."""
+"""Tests for jdm.viz: labelled grids, the overview, gallery, schematic and demo figures."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,7 +8,8 @@ import torch  # noqa: E402
 from jdm.diffusion import DiffusionModel  # noqa: E402
 from jdm.schedule import NoiseSchedule  # noqa: E402
 from jdm.unet import UNET_PRESETS, UNet  # noqa: E402
-from jdm.viz import image_grid, overview_figure, show_images  # noqa: E402
+from jdm.viz import (THUMBNAIL_INCHES, counterfactual_gallery, demo_figure,  # noqa: E402
+                     draw_joint_model_schematic, image_grid, overview_figure, show_images)
 
 
 def test_image_grid_maps_minus_one_to_one_onto_unit_range():
@@ -27,3 +28,41 @@ def test_overview_figure_writes_png(tmp_path):
     path = tmp_path / "overview.png"
     overview_figure(model, torch.zeros(1, 1, 28, 28), n_samples=3, path=path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_show_images_labels_rows_and_columns():
+    images = torch.zeros(6, 1, 28, 28)
+    ax = show_images(images, nrow=3, row_labels=["T-shirt", "Bag"], col_labels=["t=0", "t=1", "t=2"])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["T-shirt", "Bag"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["t=0", "t=1", "t=2"]
+    # each label sits at the centre of its row of 28-pixel images (2-pixel padding)
+    assert list(ax.get_yticks()) == [2 + 14, 2 + 30 + 14]
+    assert ax.figure.get_size_inches()[1] >= 2 * THUMBNAIL_INCHES
+    with pytest.raises(ValueError, match="one label per grid row"):
+        show_images(images, nrow=3, row_labels=["only one"])
+
+
+def test_counterfactual_gallery_has_a_colour_bar():
+    images = torch.rand(2, 1, 28, 28) * 2 - 1
+    fig = counterfactual_gallery(images, -images, ["a", "b"])
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylim() == (-1.0, 1.0)
+
+
+def test_schematic_names_the_three_parts():
+    texts = " ".join(t.get_text() for t in draw_joint_model_schematic().texts)
+    for part in ("shared encoder", "denoising decoder", "classifier head", "L_{simple}"):
+        assert part in texts
+
+
+def test_demo_figure_labels_the_sample_rows(tmp_path):
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    wanted = torch.arange(2).repeat_interleave(2)
+    fig = demo_figure(x, torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 0, 1]), torch.full((4,), 0.9),
+                      x, wanted, x[:2], -x[:2], ["a → b", "b → a"], ["zero", "one"], "acc", "sampler",
+                      "cf", path=tmp_path / "demo.png")
+    labelled = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
+    assert ["zero", "one"] in labelled
+    titles = [ax.title for ax in fig.axes if ax.get_title().startswith("zero")]
+    assert {t.get_color() for t in titles} == {"green", "red"}  # image 1 is wrong, 0 and 2 right
+    assert (tmp_path / "demo.png").read_bytes()[:4] == b"\x89PNG"
