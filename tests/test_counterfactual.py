@@ -187,6 +187,13 @@ def test_explain_cli(tmp_path, capsys):
     assert out.stat().st_size > 0 and "test image 1" in text and "flipped to the target" in text
     assert main(["explain", "--image-index", "0", "--target", "hat", "--out", str(out)]) == 2
     assert "unknown class" in capsys.readouterr().err
+    # the route and the pull towards the original are flags, checked like the API's arguments
+    assert main(["explain", "--image-index", "0", "--target", "0", "--steps", "2", "--t-star", "50",
+                 "--start", "noise", "--keep", "0.3", "--out", str(out)]) == 0
+    assert "start noise, keep 0.3" in capsys.readouterr().out
+    assert main(["explain", "--image-index", "0", "--target", "0", "--keep", "2",
+                 "--out", str(out)]) == 2
+    assert "keep must be" in capsys.readouterr().err
     assert main(["explain", "--image-index", "0", "--target", "10", "--out", str(out)]) == 2
     assert "0..9" in capsys.readouterr().err
 
