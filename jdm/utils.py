@@ -15,7 +15,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-__all__ = ["get_device", "seed_everything", "quick_mode", "pick", "eval_mode"]
+__all__ = ["get_device", "seed_everything", "quick_mode", "set_quick_mode", "sweeps_enabled", "pick",
+           "eval_mode"]
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -73,6 +74,12 @@ def set_quick_mode(quick: bool | None) -> None:
     if not isinstance(quick, bool):
         raise ValueError(f"quick must be True, False or None, got {quick!r}")
     os.environ["JDM_QUICK"] = "1" if quick else "0"
+
+
+def sweeps_enabled() -> bool:
+    """True when ``JDM_SWEEPS`` is set to 1/true/yes: a notebook re-runs its expensive sweeps instead of
+    showing the stored results of their last full run (each says which command regenerates them)."""
+    return os.environ.get("JDM_SWEEPS", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def pick(full, quick):

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from jdm.utils import get_device, pick, quick_mode, seed_everything
+from jdm.utils import get_device, pick, quick_mode, seed_everything, sweeps_enabled
 
 
 def test_get_device_returns_an_available_device():
@@ -43,3 +43,13 @@ def test_set_quick_mode_overrides_the_environment_or_leaves_it(monkeypatch, env)
     assert quick_mode() is False
     with pytest.raises(ValueError, match="True, False or None"):
         set_quick_mode("yes")
+
+
+@pytest.mark.parametrize("value, expected", [(None, False), ("", False), ("0", False), ("1", True),
+                                             ("yes", True), ("TRUE", True), ("no", False)])
+def test_sweeps_switch(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("JDM_SWEEPS", raising=False)
+    else:
+        monkeypatch.setenv("JDM_SWEEPS", value)
+    assert sweeps_enabled() is expected
