@@ -375,7 +375,8 @@ def missing_parent(tmp: Path) -> str:
 def manifest(tmp: Path, text: str, match: str) -> str:
     with sandbox(tmp) as data:
         (data / "checkpoints" / "ddpm-fmnist-small.json").write_text(text)
-        return cli_error(["demo", "--n", "1", "--device", "cpu", "--out", tmp / "d.png"], match)
+        return cli_error(["demo", "--model", "ddpm-fmnist-small", "--device", "cpu", "--out", tmp / "d.png"],
+                         match)
 
 
 def manifest_without_sha(tmp: Path) -> str:

@@ -34,7 +34,7 @@ def test_sampling_and_counterfactuals_on_the_test_device(device, kind):
 
 
 def test_overview_figure_with_the_model_on_the_test_device(device):
-    """`python -m jdm demo`'s figure: the forward process of a CPU image with the model's schedule
+    """The overview figure (docs/overview.png): the forward process of a CPU image with the model's schedule
     (which lives on the model's device), then samples."""
     fig = overview_figure(make(device), torch.rand(1, 1, 28, 28) * 2 - 1, n_samples=2)
     assert len(fig.axes) == 2

@@ -82,7 +82,8 @@ def settings(args: argparse.Namespace) -> Settings:
             bench_args=["--config", "tiny", "--images", "64", "--batch", "8", "--models", "ddpm",
                         "--variants", "old", "eager", "--steps", "1", "--trials", "1",
                         "--threads", "1"],
-            demo_args=["--n", "2"],
+            demo_args=["--test-images", "40", "--samples-per-class", "1", "--sample-steps", "2",
+                       "--counterfactuals", "1"],
             # one thread each: OpenMP's spinning threads slow everything on a shared small CPU
             env={"OMP_NUM_THREADS": "1"})
     return Settings(
