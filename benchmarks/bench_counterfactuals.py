@@ -27,16 +27,17 @@ import torch
 
 import jdm
 from jdm.__main__ import hardware_string
-from jdm.counterfactual import DEFAULT_COUNTERFACTUAL_STEPS, STARTS
+from jdm.counterfactual import DEFAULT_COUNTERFACTUAL_STEPS, STARTS, counterfactual_guidance
 from jdm.data import load_tensors
 from jdm.evaluate import evaluate_counterfactuals, other_class_targets, runner_up_targets
 from jdm.evaluator import load_evaluator
 from jdm.sampling import GUIDANCE_KINDS
 
 
-def row_name(targets: str, start: str, kind: str, scale: float, t_star: int, keep: float) -> str:
+def row_name(targets: str, start: str, kind: str, scale: float, t_star: int, keep: float,
+             eta: float | None) -> str:
     name = f"{targets} | {start} | {kind} {scale:g} | t*={t_star}"
-    return name + (f" | keep {keep:g}" if keep else "")
+    return name + (f" | keep {keep:g}" if keep else "") + (f" | eta {eta:g}" if eta is not None else "")
 
 
 def merge(path: Path, rows: list[dict], settings: dict) -> None:
@@ -62,9 +63,12 @@ def main() -> None:
     p.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
     p.add_argument("--guidance", nargs="+", choices=GUIDANCE_KINDS, default=["classifier"])
     p.add_argument("--scales", nargs="+", type=float, default=[None],
-                   help="guidance scales (default: the kind's default; 0: unguided round trip)")
+                   help="guidance scales (default: jdm.counterfactual's for the kind; 0: unguided "
+                        "round trip)")
     p.add_argument("--t-stars", nargs="+", type=int, default=[275])
     p.add_argument("--keep", nargs="+", type=float, default=[0.0])
+    p.add_argument("--etas", nargs="+", type=float, default=[None],
+                   help="DDIM η of the reverse process (default: jdm.counterfactual's for the start)")
     p.add_argument("--steps", type=int, default=DEFAULT_COUNTERFACTUAL_STEPS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, required=True, help="merge rows into this JSON report")
@@ -84,16 +88,18 @@ def main() -> None:
     settings = {"model": args.model, "steps": args.steps, "seed": args.seed,
                 "hardware": hardware_string(torch.device("cpu")),
                 "torch": torch.__version__}
-    for start, kind, scale, t_star, keep in itertools.product(
-            args.starts, args.guidance, args.scales, args.t_stars, args.keep):
-        guidance = jdm.Guidance(kind, scale=scale).resolve(model.noise_aware)
+    for start, kind, scale, t_star, keep, eta in itertools.product(
+            args.starts, args.guidance, args.scales, args.t_stars, args.keep, args.etas):
+        guidance = counterfactual_guidance(jdm.Guidance(kind, scale=scale, eta=eta),
+                                           model.noise_aware, start)
         res = evaluate_counterfactuals(model, evaluator, x, y, targets, test_x, test_y,
                                        t_star=t_star, guidance=guidance, start=start, keep=keep,
                                        steps=args.steps, seed=args.seed,
                                        exclude=torch.arange(args.n), progress=False)
-        row = {"name": row_name(args.targets, start, kind, guidance.scale, t_star, keep),
+        row = {"name": row_name(args.targets, start, kind, guidance.scale, t_star, keep, eta),
                "targets": args.targets, "n": args.n, "start": start, "kind": kind,
                "scale": guidance.scale, "t_star": t_star, "keep": keep, "steps": args.steps,
+               "eta": guidance.eta,
                **{k: res[k] for k in ("flip_rate", "kept_rate", "l1", "l2", "fd", "seconds")},
                "command": "python benchmarks/bench_counterfactuals.py " + " ".join(sys.argv[1:])}
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
@@ -113,17 +119,17 @@ def markdown_report(report: dict) -> str:
              "explained model's own head. Flip: the evaluator says the target class. Kept: it still "
              "says the original label. Mean |Δ|: per pixel, in [-1, 1] units. FD: counterfactuals "
              "against as many real test images of their target classes (evaluator features).", "",
-             f"Model `{s['model']}`, DDIM-{s['steps']} over [0, t*], seed {s['seed']}, η = 0 after "
-             f"inversion and 1 after fresh noise (the defaults); {s['hardware']}.", ""]
-    order = lambda r: (r["start"], r["kind"], r["scale"], r["keep"], r["t_star"])  # noqa: E731
+             f"Model `{s['model']}`, DDIM-{s['steps']} over [0, t*], seed {s['seed']}; η is the "
+             f"reverse process's DDIM noise; {s['hardware']}.", ""]
+    order = lambda r: (r["start"], r["kind"], r["eta"], r["scale"], r["keep"], r["t_star"])  # noqa: E731
     for targets in ("runner-up", "random"):
         rows = sorted((r for r in report["rows"] if r["targets"] == targets), key=order)
         if not rows:
             continue
         lines += [f"## {targets} targets", "",
-                  "| start | guidance | scale | keep | t* | n | flip | kept | mean abs Δ | FD | seconds* |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['start']} | {r['kind']} | {r['scale']:g} | {r['keep']:g} | {r['t_star']} | "
+                  "| start | guidance | scale | η | keep | t* | n | flip | kept | mean abs Δ | FD | seconds* |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['start']} | {r['kind']} | {r['scale']:g} | {r['eta']:g} | {r['keep']:g} | {r['t_star']} | "
                   f"{r['n']} | {r['flip_rate']:.3f} | {r['kept_rate']:.3f} | {r['l1']:.3f} | "
                   f"{r['fd']:.1f} | {r['seconds']:.0f} |" for r in rows]
         lines.append("")

@@ -691,7 +691,7 @@ def run_explain(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .counterfactual import counterfactual
+    from .counterfactual import counterfactual, counterfactual_guidance
     from .data import CLASS_NAMES, load_tensors
     from .evaluator import load_evaluator
     from .joint import JointDiffusion
@@ -732,7 +732,7 @@ def run_explain(args: argparse.Namespace) -> int:
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
           f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, start {args.start}, "
-          f"keep {args.keep:g}, {guidance.resolve(model.noise_aware)})")
+          f"keep {args.keep:g}, {counterfactual_guidance(guidance, model.noise_aware, args.start)})")
     return 0
 
 
@@ -789,7 +789,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         if args.n > test_x.shape[0]:
             raise ValueError(f"--n must be at most {test_x.shape[0]}, got {args.n}")
-        from .counterfactual import DEFAULT_T_STAR
+        from .counterfactual import DEFAULT_T_STAR, counterfactual_guidance
 
         if args.targets == "runner-up":
             targets = runner_up_targets(model, test_x[:args.n])
@@ -803,7 +803,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                            exclude=torch.arange(args.n), **sampler)
             rows.append({"t_star": t_star, "targets": args.targets, "start": args.start,
                          "keep": args.keep,
-                         "guidance": str(guidance.resolve(model.noise_aware)),
+                         "guidance": str(counterfactual_guidance(guidance, model.noise_aware,
+                                                                 args.start)),
                          **{k: v for k, v in res.items() if k != "counterfactuals"}})
     report = {"what": args.what, "model": args.model, "command": "python -m jdm " +
               shlex.join(args.argv), "hardware": hardware_string(device), "results": rows}

@@ -1,27 +1,33 @@
 """Visual counterfactual explanations with a joint diffusion model (Deja et al. 2023, Sec. 3.3).
 
-"What would this image look like if it were a T-shirt instead of a shirt?" Noise a real image x_0
-part of the way, to an intermediate step t*, with the forward process, then run the *conditional*
-reverse process from there towards the target class:
+"What would this image look like if it were a T-shirt instead of a shirt?" Take a real image x_0
+part of the way into the diffusion, to an intermediate step t*, then run the *conditional* reverse
+process from there towards the target class. Two routes to t*:
 
-    x_{t*} = √ᾱ_{t*} · x_0 + √(1 − ᾱ_{t*}) · ε,     x_cf = reverse process from x_{t*}, guided to y*.
+    inversion (default):  x_{t*} = DDIM run forwards from x_0 with the model's own ε̂ (η = 0),
+    noise (the paper's):  x_{t*} = √ᾱ_{t*} · x_0 + √(1 − ᾱ_{t*}) · ε,  ε fresh noise.
 
-The noise destroys the fine detail but keeps the coarse layout of x_0 (notebook 01), so the guided
-reverse process only has to change what makes the image a member of its class. t* is the knob:
-small t* keeps the counterfactual close to x_0 but may not reach the target class; large t* flips
-the class but forgets x_0 (notebook 07 measures the trade-off). ``difference_map`` shows what
+Fresh noise redraws fine detail even without guidance (on ``joint-fmnist-small`` the unguided round
+trip to t* = 275 changes mean |Δ| ≈ 0.13); after inversion the unguided reverse process returns
+the image (≈ 0.02), so what changes is the guidance's doing. t* is the knob: small t* keeps the
+counterfactual close to x_0 but may not reach the target class; large t* flips the class but
+forgets x_0. ``docs/counterfactuals.md`` (``benchmarks/bench_counterfactuals.py``) and notebook 07
+measure the flip/closeness frontier the defaults were chosen on. ``difference_map`` shows what
 changed.
 
 Copy this file with ``sampling.py``, ``schedule.py`` and ``utils.py`` and it works (torch and tqdm
-only); the model needs ``unet.encode``/``unet.decode``, ``head``, ``schedule``, ``num_classes`` and
-``image_shape`` (a ``JointDiffusion``; ``tests/test_copyable.py`` builds one from ``unet.py`` and
-``classifier.py`` alone).
+only); the model needs ``unet`` (with ``encode``/``decode``), ``head``, ``schedule``,
+``num_classes`` and ``image_shape`` (a ``JointDiffusion``; ``tests/test_copyable.py`` builds one
+from ``unet.py`` and ``classifier.py`` alone).
 
-    x_cf = counterfactual(model, x, target=0, generator=torch.Generator().manual_seed(0))
+    x_cf = counterfactual(model, x, target=0)
+    x_cf = counterfactual(model, x, target=0, start="noise", generator=torch.Generator().manual_seed(0))
     x_cf = counterfactual(model, x, target=0, guidance=Guidance("representation", scale=300))
     diff = difference_map(x, x_cf)            # (N, H, W), signed
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -34,20 +40,27 @@ except ImportError:  # copied next to sampling.py, schedule.py and utils.py
     from sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps, sample_loop
     from utils import eval_mode
 
-__all__ = ["counterfactual", "ddim_invert", "difference_map", "DEFAULT_T_STAR",
-           "DEFAULT_COUNTERFACTUAL_STEPS", "DEFAULT_START", "STARTS"]
+__all__ = ["counterfactual", "counterfactual_guidance", "ddim_invert", "difference_map",
+           "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS", "DEFAULT_COUNTERFACTUAL_SCALES",
+           "DEFAULT_INVERSION_ETA", "DEFAULT_START", "STARTS"]
 
 STARTS = ("inversion", "noise")
 DEFAULT_START = "inversion"
 """How x reaches t* by default; see ``counterfactual``'s ``start``."""
 
-DEFAULT_T_STAR = 275
-"""Default noising step t* out of T = 1000; notebook 07 measures flip rate and closeness against t*.
+DEFAULT_T_STAR = 225
+"""Default t* out of T = 1000, chosen on the frontier in ``docs/counterfactuals.md``."""
 
-On ``joint-fmnist-small`` (2,250 training steps), 200 test images towards the class the model ranks
-second, classifier guidance, DDIM-20: t* = 200 flips 0.82 (evaluator) with mean |Δ| 0.18; 250:
-0.89, 0.21; 275: 0.93, 0.23; 300: 0.94, 0.25.
-"""
+DEFAULT_INVERSION_ETA = 0.5
+"""DDIM η of the reverse process after inversion when ``Guidance.eta`` is None. η = 0 keeps the
+inverted image best but lets the guidance only add head-fooling detail (few flips); η = 1 washes
+the inversion out (the unguided round trip then changes as much as fresh noise); see
+``docs/counterfactuals.md``. After fresh noise: ``DEFAULT_CONDITIONAL_ETA``, as for samples."""
+
+DEFAULT_COUNTERFACTUAL_SCALES = {"classifier": 300.0}
+"""Guidance scales for counterfactuals when ``Guidance.scale`` is None, where they differ from
+sampling's ``DEFAULT_SCALES``: from a partly denoised x_{t*} classifier guidance has fewer steps to
+act (measured on the frontier)."""
 
 DEFAULT_COUNTERFACTUAL_STEPS = 20
 """DDIM steps over [0, t*] when ``steps=None``: 20 steps over t* ≈ 300 are as far apart as
@@ -78,9 +91,8 @@ def counterfactual(
             ``labels``).
         t_star: the step x is taken to, 1 <= t_star < T. Larger: more change.
         guidance: the conditional sampler, as for ``JointDiffusion.sample`` (a ``Guidance``, a kind
-            name, or None for the defaults). Its ``eta`` is the reverse process's DDIM noise;
-            None: 0 after inversion (fresh noise would wash the inverted image out),
-            ``DEFAULT_CONDITIONAL_ETA`` after ``start="noise"``.
+            name, or None for the defaults); fields left None take the counterfactual defaults
+            (``counterfactual_guidance``). Its ``eta`` is the reverse process's DDIM noise.
         start: how x reaches t*: ``"inversion"`` (deterministic DDIM inversion with the model's
             own ε̂, ``ddim_invert``: unguided, the reverse process gives x back) or ``"noise"``
             (the forward process with fresh noise, ``q_sample``, as in the paper).
@@ -122,7 +134,7 @@ def counterfactual(
         steps = DEFAULT_COUNTERFACTUAL_STEPS
     n = x.shape[0]
     device = next(model.parameters()).device
-    g = Guidance.of(guidance)
+    g = counterfactual_guidance(guidance, bool(getattr(model, "noise_aware", False)), start)
     eps_fn = guided_eps(model, target, n, g)  # checks the target
     x = x.to(device).float()
     if keep > 0:
@@ -136,11 +148,23 @@ def counterfactual(
                                 device=generator.device if generator is not None else "cpu")
             t = torch.full((n,), t_star, dtype=torch.long, device=device)
             x_t = model.schedule.q_sample(x, t, noise.to(device))
-        eta = g.eta if g.eta is not None else (
-            0.0 if start == "inversion" else DEFAULT_CONDITIONAL_ETA)
         return sample_loop(eps_fn, model.schedule, (n, *shape), method=method, steps=steps,
-                           eta=eta, generator=generator, device=device, progress=progress,
+                           eta=g.eta, generator=generator, device=device, progress=progress,
                            x_T=x_t, start_step=t_star, return_trajectory=return_trajectory)
+
+
+def counterfactual_guidance(guidance: Guidance | str | None, noise_aware: bool,
+                            start: str = DEFAULT_START) -> Guidance:
+    """The ``Guidance`` a counterfactual runs with: ``guidance`` resolved for the model, with the
+    counterfactual defaults (``DEFAULT_COUNTERFACTUAL_SCALES``; η ``DEFAULT_INVERSION_ETA`` after
+    inversion, ``DEFAULT_CONDITIONAL_ETA`` after fresh noise) where it leaves a field None."""
+    g = Guidance.of(guidance)
+    kind = g.resolve(noise_aware).kind
+    if g.scale is None and kind in DEFAULT_COUNTERFACTUAL_SCALES:
+        g = replace(g, scale=DEFAULT_COUNTERFACTUAL_SCALES[kind])
+    if g.eta is None:
+        g = replace(g, eta=DEFAULT_INVERSION_ETA if start == "inversion" else DEFAULT_CONDITIONAL_ETA)
+    return g.resolve(noise_aware)
 
 
 @torch.no_grad()

@@ -425,6 +425,8 @@ def classifier_guided_eps(model, target: Tensor, *,
     """
     if not scale >= 0:
         raise ValueError(f"scale must be >= 0, got {scale}")
+    if scale == 0:
+        return model.unet  # unguided: no backward pass to pay for
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
         with torch.enable_grad():

@@ -51,10 +51,13 @@ def test_deterministic_with_a_generator(images):
                                             progress=False, **kw)
     assert torch.equal(run(0, start="noise"), run(0, start="noise"))
     assert not torch.equal(run(0, start="noise"), run(1, start="noise"))
-    # DDIM inversion and η = 0 (its default) draw no noise at all: the seed does not matter
-    assert torch.equal(run(0, start="inversion"), run(1, start="inversion"))
-    assert not torch.equal(run(0, start="inversion", guidance=Guidance(eta=1.0)),
-                           run(1, start="inversion", guidance=Guidance(eta=1.0)))
+    # DDIM inversion with η = 0 draws no noise at all: the seed does not matter; with the
+    # default η (DEFAULT_INVERSION_ETA > 0) the reverse process draws noise from the generator
+    deterministic = Guidance(eta=0.0)
+    assert torch.equal(run(0, start="inversion", guidance=deterministic),
+                       run(1, start="inversion", guidance=deterministic))
+    assert torch.equal(run(0, start="inversion"), run(0, start="inversion"))
+    assert not torch.equal(run(0, start="inversion"), run(1, start="inversion"))
 
 
 class ConstantNoiseModel(torch.nn.Module):
@@ -208,3 +211,28 @@ def test_evaluate_cli(tmp_path, capsys):
     assert all(abs(f - round(f)) < 1e-9 for f in flips)  # a share of the 4 images
     l1 = [r["l1"] for r in report["results"]]
     assert 0 < l1[0] < l1[1]  # more noise, more change (same seed)
+
+
+def test_counterfactual_defaults_fill_only_what_guidance_leaves_open():
+    from jdm.counterfactual import (DEFAULT_COUNTERFACTUAL_SCALES, DEFAULT_INVERSION_ETA,
+                                    counterfactual_guidance)
+    from jdm.sampling import DEFAULT_CONDITIONAL_ETA, DEFAULT_SCALES
+    g = counterfactual_guidance(None, noise_aware=True, start="inversion")
+    assert g.kind == "classifier" and g.scale == DEFAULT_COUNTERFACTUAL_SCALES["classifier"]
+    assert g.eta == DEFAULT_INVERSION_ETA
+    assert counterfactual_guidance(None, True, "noise").eta == DEFAULT_CONDITIONAL_ETA
+    given = counterfactual_guidance(Guidance("classifier", scale=7.0, eta=0.2), True, "inversion")
+    assert (given.scale, given.eta) == (7.0, 0.2)
+    paper = counterfactual_guidance("representation", True, "inversion")
+    assert paper.scale == DEFAULT_SCALES["representation"] and paper.levels == "all"
+
+
+def test_counterfactual_uses_those_defaults(images):
+    """counterfactual(guidance=None) is counterfactual with the filled-in Guidance."""
+    from jdm.counterfactual import counterfactual_guidance
+    model = make()
+    run = lambda guidance: counterfactual(model, images, 3, t_star=20, steps=4,  # noqa: E731
+                                          guidance=guidance, progress=False,
+                                          generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(None), run(counterfactual_guidance(None, True, "inversion")))
+    assert not torch.equal(run(None), run(Guidance("classifier", eta=0.0)))

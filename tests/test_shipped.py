@@ -80,11 +80,24 @@ def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
 
 
 def test_counterfactuals_flip_to_the_runner_up(joint, test_images):
-    """30 test images towards the class the model ranks second, t* = 300, classifier guidance,
-    DDIM-10. Measured when written: flip 0.97–1.00, mean |Δ| 0.25–0.30 over three seeds."""
+    """30 test images towards the class the model ranks second with the defaults (DDIM inversion,
+    classifier guidance), DDIM-10 instead of 20 to keep the test short. The frontier rows in
+    docs/counterfactuals.md are the full-size figures."""
     x = test_images[0][:30]
     targets = runner_up_targets(joint, x)
-    x_cf = jdm.counterfactual(joint, x, targets, t_star=300, guidance="classifier", steps=10,
-                              generator=torch.Generator().manual_seed(0), progress=False)
+    x_cf = jdm.counterfactual(joint, x, targets, steps=10, progress=False)
     assert (load_evaluator().predict(x_cf) == targets).float().mean() >= 0.85
-    assert (x_cf - x).abs().mean() < 0.35
+    assert (x_cf - x).abs().mean() < 0.25
+
+
+def test_ddim_inversion_round_trip_returns_the_image(joint, test_images):
+    """Unguided (scale 0), the trip to t* = 275 and back changes little after DDIM inversion and
+    much after fresh noise. Measured when written on 64 test images, DDIM-20: mean |Δ| 0.020
+    against 0.12 (η = 0) – 0.14 (η = 1); docs/counterfactuals.md has the 500-image rows."""
+    x = test_images[0][:16]
+    unguided = jdm.Guidance("classifier", scale=0.0)
+    change = {start: (jdm.counterfactual(joint, x, 0, t_star=275, guidance=unguided, start=start,
+                                         generator=torch.Generator().manual_seed(0),
+                                         progress=False) - x).abs().mean().item()
+              for start in ("inversion", "noise")}
+    assert change["inversion"] < 0.04 and change["noise"] > 3 * change["inversion"]
