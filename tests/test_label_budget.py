@@ -1,6 +1,8 @@
 """Label budgets (issue 13): the class-balanced subset sampler, labelled batches in the Trainer,
 unlabelled images in the classifier baseline, and the CLI flags end to end."""
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from jdm.__main__ import main
 from jdm.data import hide_labels, label_subset, load_tensors
 from jdm.encoder_classifier import EncoderClassifier
+from jdm.pretrained import read_manifest
 from jdm.train import TrainConfig, Trainer
 from jdm.unet import UNET_PRESETS, UNet
 
@@ -166,3 +169,34 @@ def test_cli_refuses_impossible_budgets(flags, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("jdm ") and message in err
     assert not (tmp_path / "x" / "last.pt").exists()
+
+
+def _recipe(command: str) -> list[str]:
+    """A shipped run's command without what may differ between the two models of a pair."""
+    argv, out, skip = shlex.split(command), [], 0
+    for a in argv:
+        if skip:
+            skip -= 1
+        elif a in ("--model", "--out", "--export", "--samples", "--sample-steps"):
+            skip = 1
+        elif a != "--force":
+            out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("budget", ["10pc", "100pc", "all"])
+def test_shipped_label_budget_pairs_share_their_recipe(budget):
+    joint = read_manifest(f"joint-fmnist-tiny-{budget}")
+    clf = read_manifest(f"classifier-fmnist-tiny-{budget}")
+    assert joint["spec"]["kind"] == "joint" and clf["spec"]["kind"] == "classifier"
+    assert joint["train_config"] == clf["train_config"]
+    assert joint["train_config"]["labelled_batch_size"] > 0 and joint["steps"] == clf["steps"]
+    assert joint["spec"]["unet"] == clf["spec"]["unet"]
+    for key in ("augment", "head_hidden", "head_dropout"):
+        assert joint["spec"][key] == clf["spec"][key]
+    assert _recipe(joint["command"]) == _recipe(clf["command"])
+    table = json.loads((Path(__file__).resolve().parent.parent / "docs" / "label_budgets.json").read_text())
+    for name, manifest in ((f"joint-fmnist-tiny-{budget}", joint), (f"classifier-fmnist-tiny-{budget}", clf)):
+        row = next(r for r in table["rows"] if r.get("exported") == name)
+        assert row["command"] == manifest["command"]
+        assert row["test_accuracy"] == manifest["metrics"]["test_accuracy"]
