@@ -34,9 +34,9 @@ from jdm.evaluator import load_evaluator
 from jdm.sampling import GUIDANCE_KINDS
 
 
-def row_name(targets: str, start: str, kind: str, scale: float, t_star: int, keep: float,
+def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: int, keep: float,
              eta: float | None) -> str:
-    name = f"{targets} | {start} | {kind} {scale:g} | t*={t_star}"
+    name = f"{targets} | n={n} | {start} | {kind} {scale:g} | t*={t_star}"
     return name + (f" | keep {keep:g}" if keep else "") + (f" | eta {eta:g}" if eta is not None else "")
 
 
@@ -96,7 +96,7 @@ def main() -> None:
                                        t_star=t_star, guidance=guidance, start=start, keep=keep,
                                        steps=args.steps, seed=args.seed,
                                        exclude=torch.arange(args.n), progress=False)
-        row = {"name": row_name(args.targets, start, kind, guidance.scale, t_star, keep, eta),
+        row = {"name": row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta),
                "targets": args.targets, "n": args.n, "start": start, "kind": kind,
                "scale": guidance.scale, "t_star": t_star, "keep": keep, "steps": args.steps,
                "eta": guidance.eta,

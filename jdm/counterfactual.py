@@ -49,7 +49,15 @@ DEFAULT_START = "inversion"
 """How x reaches t* by default; see ``counterfactual``'s ``start``."""
 
 DEFAULT_T_STAR = 225
-"""Default t* out of T = 1000, chosen on the frontier in ``docs/counterfactuals.md``."""
+"""Default t* out of T = 1000, chosen on the frontier in ``docs/counterfactuals.md``.
+
+On ``joint-fmnist-small``, the first 500 test images towards the class the model ranks second,
+DDIM-20, judged by the evaluator: the defaults (inversion, classifier guidance s = 300, η = 0.5)
+flip 0.872 at mean |Δ| 0.184; fresh noise with s = 100 at t* = 275 (the previous default) flips
+0.922 at 0.237. With classifier guidance both routes trace one flip/closeness curve; t* = 225 is
+its low-change end, where the explanation changes least. A far target (a random other class) needs
+more: 0.66 flip at this t* (200 images), 0.885 after fresh noise at t* = 275.
+"""
 
 DEFAULT_INVERSION_ETA = 0.5
 """DDIM η of the reverse process after inversion when ``Guidance.eta`` is None. η = 0 keeps the
