@@ -68,8 +68,9 @@ fresh noise: ``DEFAULT_CONDITIONAL_ETA``, as for samples."""
 
 DEFAULT_COUNTERFACTUAL_SCALES = {"classifier": 300.0}
 """Guidance scales for counterfactuals when ``Guidance.scale`` is None, where they differ from
-sampling's ``DEFAULT_SCALES``: from a partly denoised x_{t*} classifier guidance has fewer steps to
-act (measured on the frontier)."""
+sampling's ``DEFAULT_SCALES`` (classifier guidance: 100). Like t*, the scale moves the result along
+the flip/closeness curve: a first look on 48 test images (not in the report), after inversion at
+t* = 275, η = 0.5: s = 100 flipped 0.90 at mean |Δ| 0.163, s = 300 0.98 at 0.205."""
 
 DEFAULT_COUNTERFACTUAL_STEPS = 20
 """DDIM steps over [0, t*] when ``steps=None``: 20 steps over t* ≈ 300 are as far apart as
@@ -200,16 +201,11 @@ def ddim_invert(model, x: Tensor, t_star: int, *, steps: int | None = None,
                                    start=t_star)[::-1]
     n = x.shape[0]
     x_s = x
-    previous = None  # the clean image sits at "s = −1": take its first step with ε̂ at s = 0
+    previous = None  # the clean image sits at "s = −1": its first step uses ε̂ at s = 0
     for s in tqdm(ascending, desc="ddim inversion", disable=not progress, leave=False):
-        t = torch.full((n,), s, dtype=torch.long, device=x.device)
-        if previous is None:
-            eps = model.unet(x_s, t)
-            x0 = x_s
-        else:
-            t_prev = torch.full((n,), previous, dtype=torch.long, device=x.device)
-            eps = model.unet(x_s, t_prev)
-            x0 = schedule.predict_x0(x_s, t_prev, eps)
+        t = torch.full((n,), s if previous is None else previous, dtype=torch.long, device=x.device)
+        eps = model.unet(x_s, t)
+        x0 = x_s if previous is None else schedule.predict_x0(x_s, t, eps)
         ab = schedule.alpha_bars.to(x.device)[s]
         x_s = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         previous = s
