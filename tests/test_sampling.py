@@ -77,6 +77,8 @@ def test_counterfactual_with_ancestral_ddpm_needs_no_steps():
     torch.manual_seed(0)
     model = JointDiffusion(UNet(UNET_PRESETS["tiny"]), NoiseSchedule(20), noise_aware=True).eval()
     x = torch.rand(2, 1, 28, 28) * 2 - 1
-    assert counterfactual(model, x, 1, t_star=5, method="ddpm", progress=False).shape == x.shape
+    assert counterfactual(model, x, 1, t_star=5, method="ddpm", start="noise",
+                          progress=False).shape == x.shape
     with pytest.raises(ValueError, match="ancestral DDPM"):
-        counterfactual(model, x, 1, t_star=5, method="ddpm", steps=3, progress=False)
+        counterfactual(model, x, 1, t_star=5, method="ddpm", steps=3, start="noise",
+                       progress=False)
