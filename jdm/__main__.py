@@ -655,7 +655,8 @@ def add_explain(subparsers) -> None:
 
     p = subparsers.add_parser(
         "explain", help="visual counterfactual explanations of test images, as one gallery PNG",
-        description="Noise Fashion-MNIST test images to step t* and run the joint model's "
+        description="Take Fashion-MNIST test images to step t* (DDIM inversion, or fresh noise "
+                    "with --start noise) and run the joint model's "
                     "conditional reverse process towards a target class (jdm.counterfactual); "
                     "save originals, counterfactuals and their differences as one figure, and "
                     "print what the independent evaluator network says before and after.",

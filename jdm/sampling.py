@@ -120,8 +120,8 @@ class Guidance:
         inner_steps: feature updates per reverse step (representation samplers), >= 1.
         levels: ``"all"`` or ``"lowest"`` (representation samplers); None: ``DEFAULT_LEVELS``.
         eta: DDIM η of the conditional reverse process, in [0, 1]; None: the entry point's
-            default (``DEFAULT_CONDITIONAL_ETA`` for samples; ``jdm.counterfactual`` uses 0 after
-            DDIM inversion, which must not be washed out by fresh noise).
+            default (``DEFAULT_CONDITIONAL_ETA`` for samples; ``jdm.counterfactual`` uses
+            ``DEFAULT_INVERSION_ETA`` after DDIM inversion, whose result fresh noise would wash out).
     """
 
     kind: str = field(default=DEFAULT_GUIDANCE, metadata={
@@ -141,8 +141,9 @@ class Guidance:
                 "ones (default: jdm.sampling.DEFAULT_LEVELS)"})
     eta: float | None = field(default=None, metadata={
         "help": "DDIM noise of the conditional reverse process, 0 (deterministic) … 1 (default: "
-                "jdm.sampling.DEFAULT_CONDITIONAL_ETA for samples; for counterfactuals 0 after "
-                "DDIM inversion, DEFAULT_CONDITIONAL_ETA after fresh noise)"})
+                "jdm.sampling.DEFAULT_CONDITIONAL_ETA for samples; for counterfactuals "
+                "jdm.counterfactual.DEFAULT_INVERSION_ETA after DDIM inversion, "
+                "DEFAULT_CONDITIONAL_ETA after fresh noise)"})
 
     def __post_init__(self) -> None:
         if self.kind not in ("auto", *GUIDANCE_KINDS):
