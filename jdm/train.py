@@ -537,18 +537,18 @@ class Trainer:
         if self._labelled is None:
             raise ValueError("this Trainer has no labelled batches (labelled_batch_size is 0)")
         n, size = self._labelled.shape[0], self.config.labelled_batch_size
-        positions = torch.arange(step * size, (step + 1) * size)
-        passes, within = positions // n, positions % n
-        out = torch.empty(size, dtype=torch.long)
-        for p in passes.unique().tolist():
+        position, end, parts = step * size, (step + 1) * size, []
+        while position < end:  # one slice of each pass the step's positions fall in
+            p, within = divmod(position, n)
+            take = min(end - position, n - within)
             if p not in self._labelled_perms:
                 if len(self._labelled_perms) > 4:
                     self._labelled_perms.pop(min(self._labelled_perms))
                 g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + 500_009 + p)
                 self._labelled_perms[p] = torch.randperm(n, generator=g)
-            here = passes == p
-            out[here] = self._labelled[self._labelled_perms[p][within[here]]]
-        return out
+            parts.append(self._labelled[self._labelled_perms[p][within:within + take]])
+            position += take
+        return torch.cat(parts)
 
     # ------------------------------------------------------------------------------ training
     def fit(self, resume: bool = False) -> list[dict]:
