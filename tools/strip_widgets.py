@@ -2,9 +2,10 @@
 
     python tools/strip_widgets.py notebooks/*.ipynb
 
-Removes ``metadata.widgets`` and the widget-view part of every output (the plain-text part of a
-progress bar stays), so a committed notebook holds no widget state and stays small. Without
-ipywidgets, tqdm writes text bars that redraw themselves with carriage returns, one stream output
+Removes ``metadata.widgets`` and every output that is a widget view (with ipywidgets installed —
+nbgrader brings it — tqdm draws widget bars whose plain-text part is only the bar's first frame,
+"0%"), so a committed notebook holds no widget state and stays small. Without ipywidgets, tqdm
+writes text bars that redraw themselves with carriage returns, one stream output
 per redraw: consecutive stream outputs are joined and each line keeps only what follows its last
 carriage return — what a terminal or Jupyter shows, i.e. every bar in its final state.
 """
@@ -26,9 +27,7 @@ def strip(path: str) -> None:
         for out in cell.outputs:
             data = out.get("data")
             if data is not None and WIDGET_VIEW in data:
-                data.pop(WIDGET_VIEW)
-                if not data:
-                    continue
+                continue
             kept.append(out)
         cell.outputs = _coalesce_streams(kept)
     nbformat.write(nb, path)
