@@ -16,6 +16,7 @@ from .schedule import NoiseSchedule
 from .train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model
 from .unet import UNET_PRESETS, UNet, UNetConfig
 from .utils import eval_mode, get_device, pick, quick_mode, seed_everything, set_quick_mode
+from . import checks  # noqa: E402  the notebooks' exercise checks: jdm.checks.q_sample(my_q_sample)
 
 __version__ = "0.1.0"
 

@@ -11,6 +11,7 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -80,6 +81,15 @@ def sweeps_enabled() -> bool:
     """True when ``JDM_SWEEPS`` is set to 1/true/yes: a notebook re-runs its expensive sweeps instead of
     showing the stored results of their last full run (each says which command regenerates them)."""
     return os.environ.get("JDM_SWEEPS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def project_path(*parts: str) -> Path:
+    """A path inside the checkout the notebooks run from (``project_path("docs", "samplers.json")``).
+
+    Notebooks read stored results through it rather than ``../docs``, so they work from any folder:
+    ``notebooks/``, ``notebooks/student/`` or an nbgrader course folder.
+    """
+    return Path(__file__).resolve().parent.parent.joinpath(*parts)
 
 
 def pick(full, quick):
