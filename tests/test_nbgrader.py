@@ -1,0 +1,81 @@
+"""nbgrader itself on a course folder made from the solution notebooks (issue 12).
+
+``generate_assignment`` must accept every notebook and release what ``python -m jdm course student``
+writes, source for source; ``autograde`` must give a submitted solution full marks and an untouched
+release zero. Autograding executes notebooks, so CI autogrades notebook 01 only (about a minute);
+``JDM_GRADE_ALL=1 pytest tests/test_nbgrader.py`` autogrades every notebook (quick mode, ~15 CPU-minutes).
+"""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from jdm import course
+
+nbgrader = pytest.importorskip("nbgrader", reason="nbgrader is in the test extra")
+
+NOTEBOOKS = course.solution_notebooks()
+CONFIG = """c = get_config()
+c.CourseDirectory.course_id = "jdm"
+c.Execute.timeout = 600   # seconds per cell; quick mode needs far less
+"""
+
+
+def _nbgrader(root: Path, *args: str) -> None:
+    env = dict(os.environ, JDM_QUICK="1", MPLBACKEND="Agg",
+               # nbgrader runs the `alembic` executable of its own environment
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def _course(tmp_path: Path, assignment: str, notebooks: list[Path]) -> Path:
+    root = tmp_path / "course"
+    (root / "source" / assignment).mkdir(parents=True)
+    (root / "nbgrader_config.py").write_text(CONFIG)
+    for path in notebooks:
+        shutil.copy(path, root / "source" / assignment / path.name)
+    _nbgrader(root, "generate_assignment", assignment)
+    return root
+
+
+def test_generate_assignment_releases_our_student_editions(tmp_path):
+    root = _course(tmp_path, "course", NOTEBOOKS)
+    for path in NOTEBOOKS:
+        released = nbformat.read(root / "release" / "course" / path.name, as_version=4)
+        ours = course.student_edition(nbformat.read(path, as_version=4))
+        assert [c.source for c in released.cells] == [c.source for c in ours.cells], path.name
+        assert all(c.get("outputs", []) == [] for c in released.cells)
+
+
+def _autograde(tmp_path: Path, notebooks: list[Path]) -> dict:
+    """Submit the solutions as 'solved' and the untouched release as 'untouched'; their scores."""
+    from nbgrader.api import Gradebook
+
+    root = _course(tmp_path, "a", notebooks)
+    for student, folder in (("solved", root / "source" / "a"), ("untouched", root / "release" / "a")):
+        _nbgrader(root, "db", "student", "add", student)
+        shutil.copytree(folder, root / "submitted" / student / "a")
+    _nbgrader(root, "autograde", "a")
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gradebook:
+        return {student: (gradebook.find_submission("a", student).score,
+                          gradebook.find_submission("a", student).max_score)
+                for student in ("solved", "untouched")}
+
+
+def test_autograde_gives_solutions_full_marks_and_untouched_releases_zero(tmp_path):
+    scores = _autograde(tmp_path, NOTEBOOKS[:1])
+    total = sum(e.points for e in course.exercises(nbformat.read(NOTEBOOKS[0], as_version=4)))
+    assert scores == {"solved": (total, total), "untouched": (0, total)}
+
+
+@pytest.mark.skipif(os.environ.get("JDM_GRADE_ALL") != "1", reason="set JDM_GRADE_ALL=1 (~15 CPU-minutes)")
+def test_autograde_every_notebook(tmp_path):
+    scores = _autograde(tmp_path, NOTEBOOKS)
+    total = sum(e.points for p in NOTEBOOKS for e in course.exercises(nbformat.read(p, as_version=4)))
+    assert scores == {"solved": (total, total), "untouched": (0, total)}
