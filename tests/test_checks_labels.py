@@ -62,64 +62,88 @@ def fraction_subset_not_balanced(labels, fraction, seed=0):  # a share of the wh
 
 
 # ----------------------------------------------------------------------------- 8.2 the semi-supervised loss
-def semi_supervised_loss(eps_hat, noise, logits, labels, alpha):
-    labelled = labels >= 0
-    diffusion = F.mse_loss(eps_hat, noise)
+def semi_supervised_loss(model, x0, y, t, noise):
+    eps_hat = model.unet(model.schedule.q_sample(x0, t, noise), t)
+    loss = F.mse_loss(eps_hat, noise)
+    labelled = y >= 0
+    if labelled.any():
+        loss = loss + model.alpha * F.cross_entropy(model.classify(x0[labelled]), y[labelled])
+    return loss
+
+
+def semi_supervised_loss_parts(model, x0, y, t, noise):      # another right answer: encode once, mask
+    feats = model.unet.encode(model.schedule.q_sample(x0, t, noise), t)
+    diffusion = ((model.unet.decode(feats, t) - noise) ** 2).mean()
+    mask = (y >= 0).float()
+    ce = F.cross_entropy(model.classify(x0), y.clamp(min=0), reduction="none")
+    return diffusion + model.alpha * (ce * mask).sum() / mask.sum().clamp(min=1)
+
+
+def ce_over_whole_batch(model, x0, y, t, noise):      # divides by N, not by the labelled count
+    labelled = y >= 0
+    eps_hat = model.unet(model.schedule.q_sample(x0, t, noise), t)
+    ce = F.cross_entropy(model.classify(x0[labelled]), y[labelled], reduction="sum") / len(y)
+    return F.mse_loss(eps_hat, noise) + model.alpha * ce
+
+
+def ce_with_minus_one(model, x0, y, t, noise):        # −1 reaches cross_entropy: an error
+    eps_hat = model.unet(model.schedule.q_sample(x0, t, noise), t)
+    return F.mse_loss(eps_hat, noise) + model.alpha * F.cross_entropy(model.classify(x0), y)
+
+
+def ce_ignore_index(model, x0, y, t, noise):          # right, except NaN when no image is labelled
+    eps_hat = model.unet(model.schedule.q_sample(x0, t, noise), t)
+    return F.mse_loss(eps_hat, noise) + model.alpha * F.cross_entropy(model.classify(x0), y, ignore_index=-1)
+
+
+def mse_of_labelled_only(model, x0, y, t, noise):     # unlabelled images dropped from the diffusion term
+    labelled = y >= 0
     if not labelled.any():
-        return diffusion
-    return diffusion + alpha * F.cross_entropy(logits[labelled], labels[labelled])
-
-
-def semi_supervised_loss_masked_mean(eps_hat, noise, logits, labels, alpha):   # another right answer
-    mask = (labels >= 0).float()
-    ce = F.cross_entropy(logits, labels.clamp(min=0), reduction="none")
-    return ((eps_hat - noise) ** 2).mean() + alpha * (ce * mask).sum() / mask.sum().clamp(min=1)
-
-
-def ce_over_whole_batch(eps_hat, noise, logits, labels, alpha):     # divides by N, not by |labelled|
-    labelled = labels >= 0
-    ce = F.cross_entropy(logits[labelled], labels[labelled], reduction="sum") / len(labels)
-    return F.mse_loss(eps_hat, noise) + alpha * ce
-
-
-def ce_with_minus_one(eps_hat, noise, logits, labels, alpha):       # −1 reaches cross_entropy: error
-    return F.mse_loss(eps_hat, noise) + alpha * F.cross_entropy(logits, labels)
-
-
-def ce_ignore_index(eps_hat, noise, logits, labels, alpha):         # NaN when no image is labelled
-    return F.mse_loss(eps_hat, noise) + alpha * F.cross_entropy(logits, labels, ignore_index=-1)
-
-
-def mse_of_labelled_only(eps_hat, noise, logits, labels, alpha):    # unlabelled images dropped entirely
-    labelled = labels >= 0
-    if not labelled.any():
-        return eps_hat.sum() * 0
+        return x0.new_zeros((), requires_grad=True) * 1
+    eps_hat = model.unet(model.schedule.q_sample(x0, t, noise), t)
     return (F.mse_loss(eps_hat[labelled], noise[labelled])
-            + alpha * F.cross_entropy(logits[labelled], labels[labelled]))
+            + model.alpha * F.cross_entropy(model.classify(x0[labelled]), y[labelled]))
 
 
-def mse_summed(eps_hat, noise, logits, labels, alpha):              # sum instead of mean
-    labelled = labels >= 0
-    diffusion = F.mse_loss(eps_hat, noise, reduction="sum")
-    if not labelled.any():
-        return diffusion
-    return diffusion + alpha * F.cross_entropy(logits[labelled], labels[labelled])
+def head_on_noisy_images(model, x0, y, t, noise):     # the head classifies x_t instead of x0
+    xt = model.schedule.q_sample(x0, t, noise)
+    loss = F.mse_loss(model.unet(xt, t), noise)
+    labelled = y >= 0
+    if labelled.any():
+        loss = loss + model.alpha * F.cross_entropy(model.classify(xt[labelled], t[labelled]), y[labelled])
+    return loss
 
 
-def loss_as_float(eps_hat, noise, logits, labels, alpha):           # .item(): no gradient left
-    return semi_supervised_loss(eps_hat, noise, logits, labels, alpha).item()
+def without_alpha(model, x0, y, t, noise):            # L_simple + CE, α forgotten
+    xt = model.schedule.q_sample(x0, t, noise)
+    loss = F.mse_loss(model.unet(xt, t), noise)
+    labelled = y >= 0
+    if labelled.any():
+        loss = loss + F.cross_entropy(model.classify(x0[labelled]), y[labelled])
+    return loss
 
 
-def loss_detached_ce(eps_hat, noise, logits, labels, alpha):        # CE computed on detached logits
-    return semi_supervised_loss(eps_hat, noise, logits.detach(), labels, alpha)
+def loss_as_float(model, x0, y, t, noise):            # .item(): no gradient left
+    return semi_supervised_loss(model, x0, y, t, noise).item()
 
 
-def labels_zeroed_in_place(eps_hat, noise, logits, labels, alpha):  # overwrites the caller's labels
-    labelled = labels >= 0
-    diffusion = F.mse_loss(eps_hat, noise)
-    labels[~labelled] = 0
-    ce = F.cross_entropy(logits, labels, reduction="none")[labelled]
-    return diffusion + alpha * (ce.mean() if labelled.any() else 0)
+def ce_detached(model, x0, y, t, noise):              # the head's logits detached
+    xt = model.schedule.q_sample(x0, t, noise)
+    loss = F.mse_loss(model.unet(xt, t), noise)
+    labelled = y >= 0
+    if labelled.any():
+        loss = loss + model.alpha * F.cross_entropy(model.classify(x0[labelled]).detach(), y[labelled])
+    return loss
+
+
+def labels_zeroed_in_place(model, x0, y, t, noise):   # overwrites the caller's labels
+    labelled = y >= 0
+    xt = model.schedule.q_sample(x0, t, noise)
+    loss = F.mse_loss(model.unet(xt, t), noise)
+    y[~labelled] = 0
+    if labelled.any():
+        loss = loss + model.alpha * F.cross_entropy(model.classify(x0), y, reduction="none")[labelled].mean()
+    return loss
 
 
 # ----------------------------------------------------------------------------- 8.3 the labelled stream
@@ -162,9 +186,9 @@ CASES = {
                                           fraction_subset_reseeds, fraction_subset_unsorted,
                                           fraction_subset_not_balanced]),
     "semi_supervised_loss": (semi_supervised_loss, [ce_over_whole_batch, ce_with_minus_one,
-                                                    ce_ignore_index, mse_of_labelled_only, mse_summed,
-                                                    loss_as_float, loss_detached_ce,
-                                                    labels_zeroed_in_place]),
+                                                    ce_ignore_index, mse_of_labelled_only,
+                                                    head_on_noisy_images, without_alpha, loss_as_float,
+                                                    ce_detached, labels_zeroed_in_place]),
     "labelled_stream": (labelled_batch, [labelled_batch_one_order, labelled_batch_short_at_boundary,
                                          labelled_batch_positions, labelled_batch_pass_per_step]),
 }
@@ -177,16 +201,18 @@ def test_check(name):
 
 def test_other_right_answers_pass():
     import jdm.checks
-    jdm.checks.semi_supervised_loss(semi_supervised_loss_masked_mean)
+    jdm.checks.semi_supervised_loss(semi_supervised_loss_parts)
 
 
 @pytest.mark.parametrize("wrong, says", [
-    (ce_over_whole_batch, "divided by all 6 images"),
+    (ce_over_whole_batch, "divided by all 10 images"),
     (ce_with_minus_one, "raised"),
     (ce_ignore_index, "no labelled image"),
     (mse_of_labelled_only, "labelled images only"),
+    (head_on_noisy_images, "noisy x_t"),
+    (without_alpha, "without α"),
     (loss_as_float, "as a tensor"),
-    (loss_detached_ce, "logits"),
+    (ce_detached, "classifier head"),
 ])
 def test_semi_supervised_messages_say_what_is_wrong(wrong, says):
     import jdm.checks
