@@ -15,6 +15,19 @@ CHECK_CALL = re.compile(r"^# NBVAL_CHECK_OUTPUT\njdm\.checks\.(\w+)\((\w+)\)$")
 
 
 
+# What issue 12 asks the exercises to cover, and the check that covers each.
+TOPICS = {
+    "a β schedule": "cosine_betas", "q_sample": "q_sample", "the posterior mean/variance": "posterior",
+    "a DDIM step": "ddim_step", "the time embedding or a ResBlock": "timestep_embedding",
+    "the encode/decode split": "edit_bottleneck", "the DDPM loss": "ddpm_loss", "an EMA update": "ema_update",
+    "a linear probe": "linear_probe", "the head's pooling": "pooled_features", "the joint loss": "joint_loss",
+    "gradient routing": "ce_gradient_norms", "ECE": "ece", "Fréchet distance": "frechet",
+    "the representation-sampler step": "paper_eps", "classifier guidance's ε shift": "guidance_shift",
+    "the counterfactual loop": "counterfactual_loop", "a flip-rate metric": "counterfactual_scores",
+    "a semi-supervised loss with unlabelled examples": "semi_supervised_loss",
+}
+
+
 def _read(path):
     return nbformat.read(path, as_version=4)
 
@@ -100,6 +113,11 @@ def test_each_exercise_is_an_answer_a_hint_and_one_check(path):
         assert name in jdm.checks.__all__
         assert re.search(rf"\bdef {function}\(", solution.source), f"{name} checks {function}, not defined above"
         assert getattr(jdm.checks, name).title.startswith(f"Exercise {number}."), name
+
+
+def test_the_exercises_cover_the_topics_the_course_promises():
+    missing = {topic: name for topic, name in TOPICS.items() if name not in jdm.checks.__all__}
+    assert not missing, missing
 
 
 def test_every_check_is_used_once_by_the_notebooks():
