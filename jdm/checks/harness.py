@@ -89,8 +89,9 @@ def expect_close(got, want: Tensor, what: str, rtol: float = 1e-4, atol: float =
         where = "" if got.dim() == 0 else f" at index {tuple(int(i) for i in _unravel(worst, got.shape))}"
         relative = gap.flatten()[worst] / want.abs().flatten()[worst].clamp_min(1e-12)
         fail(f"{what}{where} should be {want.flatten()[worst].item():.6g}, got "
-             f"{got.flatten()[worst].item():.6g} (relative error {relative.item():.1e}, "
-             f"tolerance {rtol:.0e})")
+             f"{got.flatten()[worst].item():.6g} (off by {gap.flatten()[worst].item():.1e}, relative "
+             f"error {relative.item():.1e}; allowed {allowed.flatten()[worst].item():.1e} = "
+             f"{atol:.0e} + {rtol:.0e}·|expected|)")
 
 
 def expect_equal(got, want, what: str) -> None:
