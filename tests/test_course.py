@@ -204,3 +204,11 @@ def test_untouched_student_notebook_scores_zero_and_fails_only_in_its_checks(pat
     for result, exercise in zip(report.results, course.exercises(nb)):
         title = getattr(jdm.checks, CHECK_CALL.match(exercise.source).group(1)).title
         assert result.error.startswith(f"NotImplementedError: {title} is not done yet"), result.error
+
+
+def test_instructor_guide_lists_every_exercise_with_its_points():
+    guide = (course.NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    exercises = [e for p in NOTEBOOKS for e in course.exercises(_read(p))]
+    for e in exercises:
+        assert f"`{e.grade_id}` | {e.points:g} |" in guide, f"{e.grade_id} ({e.points:g} points) not in the guide"
+    assert f"{len(exercises)} graded exercises, {sum(e.points for e in exercises):g} points" in guide
