@@ -827,13 +827,14 @@ def add_course(subparsers) -> None:
                     "stubbed as nbgrader would, outputs cleared); 'course student --check' only says "
                     "whether they are up to date. 'course grade NB…' executes each notebook in quick "
                     "mode (every cell, also after an error) and scores its check cells.")
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                               help="student (write the student editions) or grade (score notebooks)")
     s = actions.add_parser("student", help="write (or --check) notebooks/student/")
     s.add_argument("--out", type=Path, default=None, help="folder (default notebooks/student)")
     s.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if a student notebook is missing or out of date")
     g = actions.add_parser("grade", help="execute and score notebooks")
-    g.add_argument("notebooks", nargs="+", type=Path)
+    g.add_argument("notebooks", nargs="+", type=Path, help="the notebooks to grade (.ipynb)")
     g.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     g.add_argument("--full", action="store_true", help="run in full mode instead of quick mode")
     g.add_argument("--no-run", action="store_true",

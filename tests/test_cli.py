@@ -37,10 +37,16 @@ def test_command_help(command, capsys):
 
 
 def test_every_flag_is_explained():
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    for name, parser in sub.choices.items():
+    def parsers(parser, name="jdm"):
         for action in parser._actions:
-            assert action.help and len(action.help) > 10, (name, action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield f"{name} {sub_name}", sub
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    for name, parser in parsers(build_parser()):
+        for action in parser._actions:
+            assert action.help and len(action.help) > 10, (name, action.option_strings or action.dest)
 
 
 @pytest.fixture(scope="module")
