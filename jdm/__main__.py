@@ -844,7 +844,10 @@ def add_course(subparsers) -> None:
 
 
 def run_course(args) -> int:
-    from . import course
+    try:
+        from . import course  # nbformat and nbclient: the course or test extra
+    except ImportError as err:
+        raise ValueError(f"{err}; install the course tools with: pip install -e \".[course]\"") from None
 
     if args.action == "student":
         if args.check:
