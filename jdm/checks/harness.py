@@ -88,7 +88,7 @@ def expect_close(got, want: Tensor, what: str, rtol: float = 1e-4, atol: float =
     allowed = atol + rtol * want.abs()
     if (gap > allowed).any():
         worst = int((gap - allowed).flatten().argmax())
-        where = "" if got.dim() == 0 else f" at index {tuple(int(i) for i in _unravel(worst, got.shape))}"
+        where = "" if got.dim() == 0 else f" at index {tuple(int(i) for i in torch.unravel_index(torch.tensor(worst), got.shape))}"
         relative = gap.flatten()[worst] / want.abs().flatten()[worst].clamp_min(1e-12)
         fail(f"{what}{where} should be {want.flatten()[worst].item():.6g}, got "
              f"{got.flatten()[worst].item():.6g} (off by {gap.flatten()[worst].item():.1e}, relative "
@@ -106,10 +106,3 @@ def expect_unchanged(before: Tensor, after: Tensor, what: str) -> None:
     if not torch.equal(before, after):
         fail(f"{what} was modified in place; work on a copy")
 
-
-def _unravel(index: int, shape) -> list[int]:
-    out = []
-    for size in reversed(tuple(shape)):
-        out.append(index % size)
-        index //= size
-    return list(reversed(out))
