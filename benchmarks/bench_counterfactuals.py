@@ -3,11 +3,13 @@
     python benchmarks/bench_counterfactuals.py --starts inversion noise --guidance classifier \
         --scales 100 300 --t-stars 200 275 400 --n 500 --json docs/counterfactuals.json
     python benchmarks/bench_counterfactuals.py --targets random --n 200 --t-stars 275 ...
+    python benchmarks/bench_counterfactuals.py --t-stars auto --min-change 0 0.2 ...
     python benchmarks/bench_counterfactuals.py --render --json docs/counterfactuals.json \
         --out docs/counterfactuals.md
 
 Every combination of the given starts (DDIM inversion or fresh noise), guidance kinds, scales,
-t* and ``keep`` values is one row: the first ``--n`` test images explained towards their targets
+t* (an int, or ``auto``: each image its own, ``jdm.counterfactual.auto_t_star``), ``keep``, η and
+``min_change`` values is one row: the first ``--n`` test images explained towards their targets
 (the class the model's head ranks second, or a random other class) by ``jdm.counterfactual``
 with DDIM-``--steps``, scored by the project's evaluator (flip rate, kept rate, mean |Δ| per
 pixel, FD against real images of the target classes). Scale 0 is the unguided round trip: how
@@ -27,17 +29,24 @@ import torch
 
 import jdm
 from jdm.__main__ import hardware_string
-from jdm.counterfactual import DEFAULT_COUNTERFACTUAL_STEPS, STARTS, counterfactual_guidance
+from jdm.counterfactual import (AUTO_T_STAR, DEFAULT_COUNTERFACTUAL_STEPS, DEFAULT_MIN_CHANGE,
+                                DEFAULT_T_STAR, STARTS,
+                                counterfactual_guidance)
 from jdm.data import load_tensors
 from jdm.evaluate import evaluate_counterfactuals, other_class_targets, runner_up_targets
 from jdm.evaluator import load_evaluator
 from jdm.sampling import GUIDANCE_KINDS
 
 
-def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: int, keep: float,
-             eta: float | None) -> str:
+def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: int | str,
+             keep: float, eta: float | None, min_change: float) -> str:
     name = f"{targets} | n={n} | {start} | {kind} {scale:g} | t*={t_star}"
-    return name + (f" | keep {keep:g}" if keep else "") + (f" | eta {eta:g}" if eta is not None else "")
+    return (name + (f" | keep {keep:g}" if keep else "") + (f" | eta {eta:g}" if eta is not None else "")
+            + (f" | min change {min_change:g}" if min_change else ""))
+
+
+def t_star_arg(text: str) -> int | str:
+    return text if text == "auto" else int(text)
 
 
 def merge(path: Path, rows: list[dict], settings: dict) -> None:
@@ -65,8 +74,11 @@ def main() -> None:
     p.add_argument("--scales", nargs="+", type=float, default=[None],
                    help="guidance scales (default: jdm.counterfactual's for the kind; 0: unguided "
                         "round trip)")
-    p.add_argument("--t-stars", nargs="+", type=int, default=[275])
+    p.add_argument("--t-stars", nargs="+", type=t_star_arg, default=[DEFAULT_T_STAR],
+                   help="ints, or auto (jdm.counterfactual.auto_t_star)")
     p.add_argument("--keep", nargs="+", type=float, default=[0.0])
+    p.add_argument("--min-change", nargs="+", type=float, default=[DEFAULT_MIN_CHANGE],
+                   help="fade out pixel changes below this (jdm.counterfactual's min_change)")
     p.add_argument("--etas", nargs="+", type=float, default=[None],
                    help="DDIM η of the reverse process (default: jdm.counterfactual's for the start)")
     p.add_argument("--steps", type=int, default=DEFAULT_COUNTERFACTUAL_STEPS)
@@ -88,25 +100,33 @@ def main() -> None:
     settings = {"model": args.model, "steps": args.steps, "seed": args.seed,
                 "hardware": hardware_string(torch.device("cpu")),
                 "torch": torch.__version__}
-    for start, kind, scale, t_star, keep, eta in itertools.product(
-            args.starts, args.guidance, args.scales, args.t_stars, args.keep, args.etas):
+    for start, kind, scale, t_star, keep, eta, min_change in itertools.product(
+            args.starts, args.guidance, args.scales, args.t_stars, args.keep, args.etas,
+            args.min_change):
         guidance = counterfactual_guidance(jdm.Guidance(kind, scale=scale, eta=eta),
                                            model.noise_aware, start)
         res = evaluate_counterfactuals(model, evaluator, x, y, targets, test_x, test_y,
                                        t_star=t_star, guidance=guidance, start=start, keep=keep,
-                                       steps=args.steps, seed=args.seed,
+                                       min_change=min_change, steps=args.steps, seed=args.seed,
                                        exclude=torch.arange(args.n), progress=False)
-        row = {"name": row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta),
+        row = {"name": row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta,
+                                min_change),
                "targets": args.targets, "n": args.n, "start": start, "kind": kind,
                "scale": guidance.scale, "t_star": t_star, "keep": keep, "steps": args.steps,
-               "eta": guidance.eta,
-               **{k: res[k] for k in ("flip_rate", "kept_rate", "l1", "l2", "fd", "seconds")},
+               "eta": guidance.eta, "min_change": min_change,
+               **({"auto_rule": list(AUTO_T_STAR)} if t_star == "auto" else {}),
+               **{k: res[k] for k in ("flip_rate", "kept_rate", "l1", "l2", "fd", "t_star_mean",
+                                      "seconds")},
                "command": "python benchmarks/bench_counterfactuals.py " + " ".join(sys.argv[1:])}
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
                           if k != "command"}), flush=True)
         merge(args.json, [row], settings)
     if args.out:
         args.out.write_text(markdown_report(json.loads(args.json.read_text())))
+
+
+def t_star_cell(row: dict) -> str:
+    return f"auto ({row['t_star_mean']:.0f})" if row["t_star"] == "auto" else str(row["t_star"])
 
 
 def markdown_report(report: dict) -> str:
@@ -120,16 +140,20 @@ def markdown_report(report: dict) -> str:
              "says the original label. Mean |Δ|: per pixel, in [-1, 1] units. FD: counterfactuals "
              "against as many real test images of their target classes (evaluator features).", "",
              f"Model `{s['model']}`, DDIM-{s['steps']} over [0, t*], seed {s['seed']}; η is the "
-             f"reverse process's DDIM noise; {s['hardware']}.", ""]
-    order = lambda r: (r["start"], r["kind"], r["eta"], r["scale"], r["keep"], r["t_star"])  # noqa: E731
+             f"reverse process's DDIM noise; min change: pixel changes below it fade "
+             f"(`min_change`); t* auto: each image its own (`auto_t_star`, rule (base, per nat, most) "
+             f"in the JSON; the mean t* in brackets); {s['hardware']}.", ""]
+    order = lambda r: (r["start"], r["kind"], r["eta"], r["scale"], r["keep"], r["min_change"],  # noqa: E731
+                       isinstance(r["t_star"], str), str(r["t_star"]).zfill(4))
     for targets in ("runner-up", "random"):
         rows = sorted((r for r in report["rows"] if r["targets"] == targets), key=order)
         if not rows:
             continue
         lines += [f"## {targets} targets", "",
-                  "| start | guidance | scale | η | keep | t* | n | flip | kept | mean abs Δ | FD | seconds* |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['start']} | {r['kind']} | {r['scale']:g} | {r['eta']:g} | {r['keep']:g} | {r['t_star']} | "
+                  "| start | guidance | scale | η | keep | min change | t* | n | flip | kept | mean abs Δ | FD | seconds* |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['start']} | {r['kind']} | {r['scale']:g} | {r['eta']:g} | {r['keep']:g} | "
+                  f"{r['min_change']:g} | {t_star_cell(r)} | "
                   f"{r['n']} | {r['flip_rate']:.3f} | {r['kept_rate']:.3f} | {r['l1']:.3f} | "
                   f"{r['fd']:.1f} | {r['seconds']:.0f} |" for r in rows]
         lines.append("")

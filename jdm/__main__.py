@@ -44,6 +44,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _t_star(text: str) -> int | str:
+    """A counterfactual's --t-star: 'auto' (each image its own) or a positive int."""
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -666,8 +671,10 @@ def add_explain(subparsers) -> None:
     p.add_argument("--target", nargs="+", required=True,
                    help="target class (index or name, e.g. 0 or T-shirt): one for all images, or "
                         "one per image")
-    p.add_argument("--t-star", type=_positive_int, default=DEFAULT_T_STAR,
-                   help="the step the images are taken to (of T = 1000): larger changes more")
+    p.add_argument("--t-star", type=_t_star, default=DEFAULT_T_STAR,
+                   help="the step the images are taken to (of T = 1000; larger changes more), or "
+                        "'auto': each image its own, further for a target the model finds less "
+                        "likely (jdm.counterfactual.auto_t_star)")
     _add_counterfactual_flags(p)
     _add_guidance_flags(p)
     p.add_argument("--out", type=Path, default=Path("jdm-explain.png"),
@@ -677,7 +684,7 @@ def add_explain(subparsers) -> None:
 
 def _add_counterfactual_flags(p) -> None:
     """How the images reach t* and how hard they are held near the original."""
-    from .counterfactual import DEFAULT_START, STARTS
+    from .counterfactual import DEFAULT_MIN_CHANGE, DEFAULT_START, STARTS
 
     p.add_argument("--start", choices=STARTS, default=DEFAULT_START,
                    help="counterfactuals: reach t* by DDIM inversion (deterministic; the unguided "
@@ -685,6 +692,9 @@ def _add_counterfactual_flags(p) -> None:
     p.add_argument("--keep", type=float, default=0.0,
                    help="counterfactuals: pull each step's clean-image estimate this fraction of "
                         "the way to the original, 0 … 1")
+    p.add_argument("--min-change", type=float, default=DEFAULT_MIN_CHANGE,
+                   help="counterfactuals: fade out pixel changes smaller than this ([-1, 1] units; "
+                        "0: off)")
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -719,8 +729,8 @@ def run_explain(args: argparse.Namespace) -> int:
     x, y = images[index], labels[index]
     guidance = _guidance(args)
     x_cf = counterfactual(model, x, torch.tensor(targets), t_star=args.t_star, guidance=guidance,
-                          start=args.start, keep=args.keep, steps=args.steps,
-                          generator=torch.Generator().manual_seed(args.seed)).cpu()
+                          start=args.start, keep=args.keep, min_change=args.min_change,
+                          steps=args.steps, generator=torch.Generator().manual_seed(args.seed)).cpu()
     evaluator = load_evaluator(device)
     before, after = evaluator.predict(x).tolist(), evaluator.predict(x_cf).tolist()
     short = [n.split("/")[0] for n in names]
@@ -733,7 +743,7 @@ def run_explain(args: argparse.Namespace) -> int:
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
           f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, start {args.start}, "
-          f"keep {args.keep:g}, {counterfactual_guidance(guidance, model.noise_aware, args.start)})")
+          f"keep {args.keep:g}, min change {args.min_change:g}, {counterfactual_guidance(guidance, model.noise_aware, args.start)})")
     return 0
 
 
@@ -752,8 +762,9 @@ def add_evaluate(subparsers) -> None:
                    help="conditional: samples per class")
     p.add_argument("--n", type=_positive_int, default=1000,
                    help="counterfactual: number of test images explained")
-    p.add_argument("--t-star", type=_positive_int, nargs="+", default=None,
-                   help="counterfactual: noising step(s) t* (default: jdm.counterfactual's)")
+    p.add_argument("--t-star", type=_t_star, nargs="+", default=None,
+                   help="counterfactual: noising step(s) t*, each a positive int or 'auto' "
+                        "(default: jdm.counterfactual's)")
     p.add_argument("--targets", choices=["runner-up", "random"], default="runner-up",
                    help="counterfactual: each image's target is the class the model ranks second, "
                         "or a random other class")
@@ -801,9 +812,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             res = evaluate_counterfactuals(model, evaluator, test_x[:args.n], test_y[:args.n],
                                            targets, test_x, test_y, t_star=t_star,
                                            start=args.start, keep=args.keep,
+                                           min_change=args.min_change,
                                            exclude=torch.arange(args.n), **sampler)
             rows.append({"t_star": t_star, "targets": args.targets, "start": args.start,
-                         "keep": args.keep,
+                         "keep": args.keep, "min_change": args.min_change,
                          "guidance": str(counterfactual_guidance(guidance, model.noise_aware,
                                                                  args.start)),
                          **{k: v for k, v in res.items() if k != "counterfactuals"}})

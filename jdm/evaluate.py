@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .counterfactual import DEFAULT_START, DEFAULT_T_STAR, counterfactual
+from .counterfactual import (DEFAULT_MIN_CHANGE, DEFAULT_START, DEFAULT_T_STAR, auto_t_star,
+                             counterfactual)
 from .metrics import (class_agreement, frechet_distance, image_distances, per_class_frechet,
                       precision_recall)
 from .sampling import Guidance
@@ -130,8 +131,9 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
 def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
                              real_images: Tensor, real_labels: Tensor, *,
-                             t_star: int = DEFAULT_T_STAR, guidance: Guidance | str | None = None,
-                             start: str = DEFAULT_START, keep: float = 0.0,
+                             t_star: int | str = DEFAULT_T_STAR,
+                             guidance: Guidance | str | None = None, start: str = DEFAULT_START,
+                             keep: float = 0.0, min_change: float = DEFAULT_MIN_CHANGE,
                              steps: int | None = None, seed: int = 0, batch_size: int = 250,
                              exclude: Tensor | None = None, progress: bool = True) -> dict:
     """Counterfactuals of ``images`` towards ``targets``, scored by the evaluator.
@@ -140,31 +142,38 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         model, evaluator: as in ``evaluate_conditional``.
         images, labels, targets: (N, C, H, W) originals, (N,) their classes, (N,) target classes.
         real_images, real_labels: real images to draw the class-matched comparison set from.
-        t_star, guidance, start, keep, steps: ``jdm.counterfactual``'s.
+        t_star, guidance, start, keep, min_change, steps: ``jdm.counterfactual``'s (``t_star`` an
+            int or ``"auto"``).
         exclude: indices into ``real_images`` not to use for the comparison (the originals, when
             they come from the same split).
 
     Returns:
         ``{"flip_rate": evaluator says the target, "kept_rate": evaluator still says the original
         label, "l1": mean |Δ| per pixel, "l2": mean ‖Δ‖₂ per image, "fd": FD of the counterfactuals
-        vs real images of the target classes (class-matched), "seconds", "counterfactuals"}``.
+        vs real images of the target classes (class-matched), "t_star_mean": the mean t* the
+        images were taken to, "seconds", "counterfactuals"}``.
     """
     generator = torch.Generator().manual_seed(seed)
     began = time.perf_counter()
 
     def explain(part: slice) -> Tensor:
         return counterfactual(model, images[part], targets[part], t_star=t_star, guidance=guidance,
-                              start=start, keep=keep, steps=steps, generator=generator,
-                              progress=False)
+                              start=start, keep=keep, min_change=min_change, steps=steps,
+                              generator=generator, progress=False)
 
     cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={t_star}")
     seconds = time.perf_counter() - began
     pred = evaluator.predict(cfs).cpu()
+    device = next(model.parameters()).device
+    t_stars = (torch.cat([auto_t_star(model, images[i:i + batch_size].to(device),
+                                      targets[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(images), batch_size)])
+               if t_star == "auto" else torch.tensor([float(t_star)]))
     real = class_matched_indices(real_labels, targets, torch.Generator().manual_seed(seed), exclude)
     return {
         "flip_rate": class_agreement(pred, targets),
         "kept_rate": class_agreement(pred, labels),
         **image_distances(images.cpu(), cfs),
         "fd": frechet_distance(evaluator.embed(real_images[real]), evaluator.embed(cfs)),
-        "seconds": seconds, "counterfactuals": cfs,
+        "t_star_mean": t_stars.float().mean().item(), "seconds": seconds, "counterfactuals": cfs,
     }

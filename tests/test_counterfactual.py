@@ -116,6 +116,7 @@ def test_batches_are_independent(images):
     model = make()
     both = counterfactual(model, images[:2], torch.tensor([5, 6]), t_star=10, steps=3,
                           guidance=Guidance("classifier", scale=5.0, eta=0.0), start="noise",
+                          min_change=0.0,
                           generator=torch.Generator().manual_seed(0), progress=False)
     # same noise for the first image: draw the pair's noise, keep only the first image's
     g = torch.Generator().manual_seed(0)
@@ -139,6 +140,14 @@ def test_batches_are_independent(images):
     ({"target": 1, "keep": 1.5}, "keep"),
     ({"target": 1, "keep": -0.1}, "keep"),
     ({"target": 1, "keep": True}, "keep"),
+    ({"target": 1, "t_star": "automatic"}, "t_star"),
+    ({"target": 1, "t_star": 20.0}, "t_star"),
+    ({"target": 1, "t_star": torch.tensor([5, 6])}, "shape"),
+    ({"target": 1, "t_star": torch.tensor([5.0, 6.0, 7.0])}, "dtype"),
+    ({"target": 1, "t_star": torch.tensor([5, 0, 7])}, "1..49"),
+    ({"target": 1, "min_change": -0.1}, "min_change"),
+    ({"target": 1, "min_change": 3.0}, "min_change"),
+    ({"target": 1, "t_star": torch.tensor([5, 6, 5]), "return_trajectory": True}, "one t\\*"),
 ])
 def test_bad_input_is_refused(images, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -236,3 +245,67 @@ def test_counterfactual_uses_those_defaults(images):
                                           generator=torch.Generator().manual_seed(0))
     assert torch.equal(run(None), run(counterfactual_guidance(None, True, "inversion")))
     assert not torch.equal(run(None), run(Guidance("classifier", eta=0.0)))
+
+
+def test_fade_small_changes():
+    from jdm.counterfactual import fade_small_changes
+    delta = torch.tensor([-0.5, -0.1, 0.0, 0.05, 0.2, 0.3])
+    faded = fade_small_changes(delta, 0.2)
+    # |Δ| >= 0.2 kept whole, below it scaled by |Δ| / 0.2 (sign kept)
+    torch.testing.assert_close(faded, torch.tensor([-0.5, -0.05, 0.0, 0.0125, 0.2, 0.3]))
+    assert (faded.abs() <= delta.abs()).all()
+
+
+def test_min_change_fades_the_finished_counterfactual(images):
+    from jdm.counterfactual import fade_small_changes
+    model = make()
+    run = lambda m: counterfactual(model, images, 2, t_star=30, steps=5, min_change=m,  # noqa: E731
+                                   guidance=Guidance("classifier", scale=20.0, eta=0.0),
+                                   progress=False)
+    raw, faded = run(0.0), run(0.3)
+    torch.testing.assert_close(faded, images + fade_small_changes(raw - images, 0.3))
+    assert (faded - images).abs().mean() < (raw - images).abs().mean()
+
+
+def test_auto_t_star_grows_with_the_models_doubt(images):
+    from jdm.counterfactual import AUTO_T_STAR, auto_t_star
+    model = make()
+    T = model.schedule.num_steps
+    with torch.no_grad():
+        log_p = model.classify(images).log_softmax(1)
+    ranked = log_p.argsort(1, descending=True)   # per image: most likely class first
+    base, per_nat, most = AUTO_T_STAR
+    own = auto_t_star(model, images, ranked[:, 0])       # the predicted class: no doubt
+    assert own.tolist() == [round(T * base)] * len(images)
+    unit = T / 40
+    for k in range(1, 10):
+        t = auto_t_star(model, images, ranked[:, k])
+        doubt = log_p.gather(1, ranked[:, :1]) - log_p.gather(1, ranked[:, k:k + 1])
+        want = (T * (base + per_nat * doubt.squeeze(1)).clamp(max=most) / unit).round() * unit
+        assert t.tolist() == want.round().long().clamp(1, T - 1).tolist()
+        assert (t >= own).all()
+    far = auto_t_star(model, images, ranked[:, 9], rule=(0.1, 10.0, 0.4))
+    assert far.tolist() == [20] * len(images)              # capped at most · T
+
+
+def test_per_image_t_star_runs_each_group_as_its_own_batch(images):
+    """t_star as a tensor: each image gets what an int t_star gives its group alone."""
+    model = make()
+    kw = dict(guidance=Guidance("classifier", scale=5.0, eta=0.0), steps=4, progress=False)
+    t_stars = torch.tensor([10, 30, 10])
+    mixed = counterfactual(model, images, torch.tensor([1, 2, 3]), t_star=t_stars, **kw)
+    ends = counterfactual(model, images[[0, 2]], torch.tensor([1, 3]), t_star=10, **kw)
+    middle = counterfactual(model, images[1:2], 2, t_star=30, **kw)
+    torch.testing.assert_close(mixed[[0, 2]], ends, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed[1:2], middle, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_is_the_default_and_uses_auto_t_star(images):
+    from jdm.counterfactual import DEFAULT_T_STAR, auto_t_star
+    model = make()
+    assert DEFAULT_T_STAR == "auto"
+    target = torch.tensor([1, 5, 9])
+    kw = dict(guidance=Guidance("classifier", scale=5.0, eta=0.0), steps=4, progress=False)
+    torch.testing.assert_close(counterfactual(model, images, target, **kw),
+                               counterfactual(model, images, target,
+                                              t_star=auto_t_star(model, images, target), **kw))

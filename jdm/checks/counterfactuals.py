@@ -66,7 +66,8 @@ def counterfactual_loop(my_counterfactual) -> int:
                                 torch.Generator().manual_seed(k))
         expect_unchanged(before, x, "x")
         want = counterfactual(model, x, target, t_star=t_star, guidance=guidance, start="noise",
-                              steps=steps, generator=torch.Generator().manual_seed(k), progress=False)
+                              min_change=0.0, steps=steps, generator=torch.Generator().manual_seed(k),
+                              progress=False)
         visited = model.schedule.timesteps(steps, start=t_star)
         expect_close(got, want, f"x_cf for a batch of {n}, t*={t_star}, steps={steps} (visiting "
                      f"{visited}, then the clean image), η={eta:g}, guidance scale {scale:g}",
