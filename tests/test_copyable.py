@@ -66,6 +66,7 @@ EXAMPLES = {
         from counterfactual import counterfactual
         x = torch.rand(2, 1, 28, 28) * 2 - 1
         assert counterfactual(model, x, 4, t_star=10, steps=3, progress=False).shape == x.shape
+        assert counterfactual(model, x, 4, steps=3, progress=False).shape == x.shape  # t* auto
     """),
 }
 

@@ -4,7 +4,7 @@ import torch
 
 import jdm
 from jdm.data import load_tensors
-from jdm.evaluate import runner_up_targets
+from jdm.evaluate import other_class_targets, runner_up_targets
 from jdm.evaluator import load_evaluator
 from jdm.metrics import accuracy
 from jdm.pretrained import read_manifest
@@ -86,9 +86,23 @@ def test_counterfactuals_flip_to_the_runner_up(joint, test_images):
     x = test_images[0][:30]
     targets = runner_up_targets(joint, x)
     x_cf = jdm.counterfactual(joint, x, targets, steps=10, progress=False)
-    # measured when written: 0.83 flipped at mean |Δ| 0.19 (a sign error flips ~0.1)
+    # measured when written (t* auto, min_change 0.3): 0.90 flipped at mean |Δ| 0.196 (a sign
+    # error flips ~0.1)
     assert (load_evaluator().predict(x_cf) == targets).float().mean() >= 0.7
     assert (x_cf - x).abs().mean() < 0.25
+
+
+def test_far_targets_get_a_larger_t_star_and_flip(joint, test_images):
+    """A random other class is further from the model's belief than its runner-up, so auto_t_star
+    takes it further into the diffusion; with the defaults the evaluator then says the target for
+    0.90 of these 30 images when written (one t* = 225 for all: 0.80)."""
+    from jdm.counterfactual import auto_t_star
+    x, y = test_images[0][:30], test_images[1][:30]
+    far = other_class_targets(y, 10, torch.Generator().manual_seed(0))
+    near = runner_up_targets(joint, x)
+    assert auto_t_star(joint, x, far).float().mean() > auto_t_star(joint, x, near).float().mean() + 50
+    x_cf = jdm.counterfactual(joint, x, far, steps=10, progress=False)
+    assert (load_evaluator().predict(x_cf) == far).float().mean() >= 0.75
 
 
 def test_ddim_inversion_round_trip_returns_the_image(joint, test_images):

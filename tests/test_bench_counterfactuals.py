@@ -1,0 +1,42 @@
+"""benchmarks/bench_counterfactuals.py: row names and the markdown report it renders."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_counterfactuals.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_counterfactuals", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(**kw):
+    base = {"targets": "runner-up", "n": 500, "start": "inversion", "kind": "classifier", "scale": 300.0,
+            "eta": 0.5, "keep": 0.0, "min_change": 0.0, "t_star": 225, "flip_rate": 0.872,
+            "kept_rate": 0.166, "l1": 0.184, "fd": 7.9, "seconds": 100.0}
+    return {**base, **kw}
+
+
+def test_row_names_tell_settings_apart(bench):
+    names = {bench.row_name("runner-up", 500, "inversion", "classifier", 300.0, t, 0.0, None, m)
+             for t in (225, "auto") for m in (0.0, 0.3)}
+    assert len(names) == 4
+    assert bench.row_name("random", 200, "noise", "classifier", 300.0, "auto", 0.1, 0.5, 0.3) == \
+        "random | n=200 | noise | classifier 300 | t*=auto | keep 0.1 | eta 0.5 | min change 0.3"
+
+
+def test_report_shows_auto_rows_with_their_mean_t_star(bench):
+    report = {"settings": {"model": "m", "steps": 20, "seed": 0, "hardware": "cpu"},
+              "rows": [row(), row(t_star="auto", t_star_mean=282.75, min_change=0.3, flip_rate=0.904),
+                       row(t_star=75), row(targets="random", n=200, t_star=400)]}
+    text = bench.markdown_report(report)
+    lines = [line for line in text.splitlines() if line.startswith("| inversion")]
+    # sorted by min_change, then fixed t* in numeric order (75 before 225), then auto
+    assert [line.split(" | ")[6] for line in lines[:3]] == ["75", "225", "auto (283)"]
+    assert "| 0.3 | auto (283) | 500 | 0.904 |" in text
+    assert "## random targets" in text
