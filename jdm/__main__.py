@@ -743,7 +743,8 @@ def run_explain(args: argparse.Namespace) -> int:
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
           f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, start {args.start}, "
-          f"keep {args.keep:g}, min change {args.min_change:g}, {counterfactual_guidance(guidance, model.noise_aware, args.start)})")
+          f"keep {args.keep:g}, min change {args.min_change:g}, "
+          f"{counterfactual_guidance(guidance, model.noise_aware, args.start)})")
     return 0
 
 

@@ -43,7 +43,8 @@ except ImportError:  # copied next to sampling.py, schedule.py and utils.py
     from utils import eval_mode
 
 __all__ = ["counterfactual", "counterfactual_guidance", "ddim_invert", "difference_map",
-           "auto_t_star", "fade_small_changes", "AUTO_T_STAR", "DEFAULT_MIN_CHANGE", "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS", "DEFAULT_COUNTERFACTUAL_SCALES",
+           "auto_t_star", "fade_small_changes", "AUTO_T_STAR", "DEFAULT_MIN_CHANGE",
+           "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS", "DEFAULT_COUNTERFACTUAL_SCALES",
            "DEFAULT_INVERSION_ETA", "DEFAULT_START", "STARTS"]
 
 STARTS = ("inversion", "noise")
