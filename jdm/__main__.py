@@ -702,7 +702,7 @@ def run_explain(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .counterfactual import counterfactual, counterfactual_guidance
+    from .counterfactual import auto_t_star, counterfactual, counterfactual_guidance
     from .data import CLASS_NAMES, load_tensors
     from .evaluator import load_evaluator
     from .joint import JointDiffusion
@@ -736,10 +736,13 @@ def run_explain(args: argparse.Namespace) -> int:
     short = [n.split("/")[0] for n in names]
     titles = [f"{short[a]} → {short[b]}" for a, b in zip(y.tolist(), targets)]
     counterfactual_gallery(x, x_cf, titles, path=args.out)
-    for i, a, b, t, d in zip(args.image_index, before, after, targets,
-                             (x_cf - x).abs().flatten(1).mean(1).tolist()):
+    t_stars = (auto_t_star(model, x.to(device), torch.tensor(targets, device=device)).tolist()
+               if args.t_star == "auto" else [args.t_star] * len(targets))
+    for i, a, b, t, d, ts in zip(args.image_index, before, after, targets,
+                                 (x_cf - x).abs().flatten(1).mean(1).tolist(), t_stars):
         print(f"test image {i} ({names[int(labels[i])]}): evaluator {names[a]} → {names[b]} "
-              f"(target {names[t]}{', flipped' if b == t else ', not flipped'}); mean |Δ| {d:.3f}")
+              f"(target {names[t]}{', flipped' if b == t else ', not flipped'}); t* {ts}, "
+              f"mean |Δ| {d:.3f}")
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
           f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, start {args.start}, "
