@@ -30,8 +30,7 @@ import torch
 import jdm
 from jdm.__main__ import hardware_string
 from jdm.counterfactual import (AUTO_T_STAR, DEFAULT_COUNTERFACTUAL_STEPS, DEFAULT_MIN_CHANGE,
-                                DEFAULT_T_STAR, STARTS,
-                                counterfactual_guidance)
+                                DEFAULT_T_STAR, STARTS, auto_t_star, counterfactual_guidance)
 from jdm.data import load_tensors
 from jdm.evaluate import evaluate_counterfactuals, other_class_targets, runner_up_targets
 from jdm.evaluator import load_evaluator
@@ -67,7 +66,12 @@ def merge(path: Path, rows: list[dict], settings: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="joint-fmnist-small")
-    p.add_argument("--n", type=int, default=500, help="test images (the first n)")
+    p.add_argument("--n", type=int, default=500, help="test images (n of them from --first on)")
+    p.add_argument("--first", type=int, default=0,
+                   help="index of the first test image (0: the report's images; e.g. 8000 for a "
+                        "slice to tune on, away from them)")
+    p.add_argument("--auto-rule", type=float, nargs=3, default=None, metavar=("BASE", "PER_NAT", "MOST"),
+                   help="t* auto with this rule instead of AUTO_T_STAR (jdm.counterfactual.auto_t_star)")
     p.add_argument("--targets", choices=("runner-up", "random"), default="runner-up")
     p.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
     p.add_argument("--guidance", nargs="+", choices=GUIDANCE_KINDS, default=["classifier"])
@@ -94,9 +98,10 @@ def main() -> None:
     model = jdm.load_pretrained(args.model)
     evaluator = load_evaluator()
     test_x, test_y = load_tensors("fashion_mnist", train=False)
-    x, y = test_x[:args.n], test_y[:args.n]
+    x, y = test_x[args.first:args.first + args.n], test_y[args.first:args.first + args.n]
     targets = (runner_up_targets(model, x) if args.targets == "runner-up"
                else other_class_targets(y, model.num_classes, torch.Generator().manual_seed(args.seed)))
+    rule = tuple(args.auto_rule) if args.auto_rule else AUTO_T_STAR
     settings = {"model": args.model, "steps": args.steps, "seed": args.seed,
                 "hardware": hardware_string(torch.device("cpu")),
                 "torch": torch.__version__}
@@ -105,16 +110,20 @@ def main() -> None:
             args.min_change):
         guidance = counterfactual_guidance(jdm.Guidance(kind, scale=scale, eta=eta),
                                            model.noise_aware, start)
+        per_image = auto_t_star(model, x, targets, rule=rule) if t_star == "auto" else t_star
         res = evaluate_counterfactuals(model, evaluator, x, y, targets, test_x, test_y,
-                                       t_star=t_star, guidance=guidance, start=start, keep=keep,
+                                       t_star=per_image, guidance=guidance, start=start, keep=keep,
                                        min_change=min_change, steps=args.steps, seed=args.seed,
-                                       exclude=torch.arange(args.n), progress=False)
-        row = {"name": row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta,
-                                min_change),
-               "targets": args.targets, "n": args.n, "start": start, "kind": kind,
+                                       exclude=torch.arange(args.first, args.first + args.n),
+                                       progress=False)
+        name = row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta, min_change)
+        if t_star == "auto" and rule != AUTO_T_STAR:
+            name += f" | rule {' '.join(f'{v:g}' for v in rule)}"
+        row = {"name": name + (f" | first {args.first}" if args.first else ""),
+               "targets": args.targets, "n": args.n, "first": args.first, "start": start, "kind": kind,
                "scale": guidance.scale, "t_star": t_star, "keep": keep, "steps": args.steps,
                "eta": guidance.eta, "min_change": min_change,
-               **({"auto_rule": list(AUTO_T_STAR)} if t_star == "auto" else {}),
+               **({"auto_rule": list(rule)} if t_star == "auto" else {}),
                **{k: res[k] for k in ("flip_rate", "kept_rate", "l1", "l2", "fd", "t_star_mean",
                                       "seconds")},
                "command": "python benchmarks/bench_counterfactuals.py " + " ".join(sys.argv[1:])}
@@ -126,7 +135,9 @@ def main() -> None:
 
 
 def t_star_cell(row: dict) -> str:
-    return f"auto ({row['t_star_mean']:.0f})" if row["t_star"] == "auto" else str(row["t_star"])
+    if row["t_star"] != "auto":
+        return str(row["t_star"])
+    return f"auto {'/'.join(f'{v:g}' for v in row['auto_rule'])} ({row['t_star_mean']:.0f})"
 
 
 def markdown_report(report: dict) -> str:
@@ -141,15 +152,20 @@ def markdown_report(report: dict) -> str:
              "against as many real test images of their target classes (evaluator features).", "",
              f"Model `{s['model']}`, DDIM-{s['steps']} over [0, t*], seed {s['seed']}; η is the "
              f"reverse process's DDIM noise; min change: pixel changes below it fade "
-             f"(`min_change`); t* auto: each image its own (`auto_t_star`, rule (base, per nat, most) "
-             f"in the JSON; the mean t* in brackets); {s['hardware']}.", ""]
+             f"(`min_change`); t* auto: each image its own (`auto_t_star`, with its rule base/per nat/most "
+             f"and the mean t* in brackets); rows on a tuning slice (away from the first test "
+             f"images the other rows use) are in their own tables; {s['hardware']}.", ""]
     order = lambda r: (r["start"], r["kind"], r["eta"], r["scale"], r["keep"], r["min_change"],  # noqa: E731
                        isinstance(r["t_star"], str), str(r["t_star"]).zfill(4))
-    for targets in ("runner-up", "random"):
-        rows = sorted((r for r in report["rows"] if r["targets"] == targets), key=order)
-        if not rows:
-            continue
-        lines += [f"## {targets} targets", "",
+    slices = sorted({(r["targets"] != "runner-up", r.get("first", 0), r["n"] if r.get("first") else 0)
+                     for r in report["rows"]})
+    for random, first, n in slices:
+        targets = "random" if random else "runner-up"
+        rows = sorted((r for r in report["rows"] if r["targets"] == targets and r.get("first", 0) == first
+                       and (not first or r["n"] == n)), key=order)
+        title = f"## {targets} targets" + (f", tuning slice: test images {first}–{first + n - 1}"
+                                           if first else "")
+        lines += [title, "",
                   "| start | guidance | scale | η | keep | min change | t* | n | flip | kept | mean abs Δ | FD | seconds* |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [f"| {r['start']} | {r['kind']} | {r['scale']:g} | {r['eta']:g} | {r['keep']:g} | "

@@ -131,7 +131,7 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
 def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
                              real_images: Tensor, real_labels: Tensor, *,
-                             t_star: int | str = DEFAULT_T_STAR,
+                             t_star: int | str | Tensor = DEFAULT_T_STAR,
                              guidance: Guidance | str | None = None, start: str = DEFAULT_START,
                              keep: float = 0.0, min_change: float = DEFAULT_MIN_CHANGE,
                              steps: int | None = None, seed: int = 0, batch_size: int = 250,
@@ -143,7 +143,7 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         images, labels, targets: (N, C, H, W) originals, (N,) their classes, (N,) target classes.
         real_images, real_labels: real images to draw the class-matched comparison set from.
         t_star, guidance, start, keep, min_change, steps: ``jdm.counterfactual``'s (``t_star`` an
-            int or ``"auto"``).
+            int, ``"auto"`` or an (N,) tensor of one per image).
         exclude: indices into ``real_images`` not to use for the comparison (the originals, when
             they come from the same split).
 
@@ -153,27 +153,35 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         vs real images of the target classes (class-matched), "t_star_mean": the mean t* the
         images were taken to, "seconds", "counterfactuals"}``.
     """
+    device = next(model.parameters()).device
+    if isinstance(t_star, str) and t_star == "auto":  # resolved here, so t_star_mean can report it
+        t_stars = torch.cat([auto_t_star(model, images[i:i + batch_size].to(device),
+                                         targets[i:i + batch_size].to(device)).cpu()
+                             for i in range(0, len(images), batch_size)])
+    elif isinstance(t_star, Tensor):
+        t_stars = t_star.cpu()
+    else:
+        t_stars = t_star  # an int (counterfactual checks it)
     generator = torch.Generator().manual_seed(seed)
     began = time.perf_counter()
 
     def explain(part: slice) -> Tensor:
-        return counterfactual(model, images[part], targets[part], t_star=t_star, guidance=guidance,
-                              start=start, keep=keep, min_change=min_change, steps=steps,
-                              generator=generator, progress=False)
+        return counterfactual(model, images[part], targets[part],
+                              t_star=t_stars[part] if isinstance(t_stars, Tensor) else t_stars,
+                              guidance=guidance, start=start, keep=keep, min_change=min_change,
+                              steps=steps, generator=generator, progress=False)
 
-    cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={t_star}")
+    label = t_star if isinstance(t_star, (int, str)) else "per image"
+    cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={label}")
     seconds = time.perf_counter() - began
     pred = evaluator.predict(cfs).cpu()
-    device = next(model.parameters()).device
-    t_stars = (torch.cat([auto_t_star(model, images[i:i + batch_size].to(device),
-                                      targets[i:i + batch_size].to(device)).cpu()
-                          for i in range(0, len(images), batch_size)])
-               if t_star == "auto" else torch.tensor([float(t_star)]))
+    t_star_mean = (t_stars.float().mean().item() if isinstance(t_stars, Tensor)
+                   else float(t_stars))
     real = class_matched_indices(real_labels, targets, torch.Generator().manual_seed(seed), exclude)
     return {
         "flip_rate": class_agreement(pred, targets),
         "kept_rate": class_agreement(pred, labels),
         **image_distances(images.cpu(), cfs),
         "fd": frechet_distance(evaluator.embed(real_images[real]), evaluator.embed(cfs)),
-        "t_star_mean": t_stars.float().mean().item(), "seconds": seconds, "counterfactuals": cfs,
+        "t_star_mean": t_star_mean, "seconds": seconds, "counterfactuals": cfs,
     }

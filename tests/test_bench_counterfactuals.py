@@ -32,11 +32,16 @@ def test_row_names_tell_settings_apart(bench):
 
 def test_report_shows_auto_rows_with_their_mean_t_star(bench):
     report = {"settings": {"model": "m", "steps": 20, "seed": 0, "hardware": "cpu"},
-              "rows": [row(), row(t_star="auto", t_star_mean=282.75, min_change=0.3, flip_rate=0.904),
-                       row(t_star=75), row(targets="random", n=200, t_star=400)]}
+              "rows": [row(), row(t_star="auto", t_star_mean=282.75, min_change=0.3, flip_rate=0.904,
+                               auto_rule=[0.175, 0.025, 0.5]),
+                       row(t_star=75), row(targets="random", n=200, t_star=400),
+                       row(first=8000, flip_rate=0.5)]}
     text = bench.markdown_report(report)
     lines = [line for line in text.splitlines() if line.startswith("| inversion")]
     # sorted by min_change, then fixed t* in numeric order (75 before 225), then auto
-    assert [line.split(" | ")[6] for line in lines[:3]] == ["75", "225", "auto (283)"]
-    assert "| 0.3 | auto (283) | 500 | 0.904 |" in text
+    assert [line.split(" | ")[6] for line in lines[:3]] == ["75", "225", "auto 0.175/0.025/0.5 (283)"]
+    assert "| 0.3 | auto 0.175/0.025/0.5 (283) | 500 | 0.904 |" in text
     assert "## random targets" in text
+    # a tuning slice gets its own table, after the report's images
+    tuning = text.index("## runner-up targets, tuning slice: test images 8000–8499")
+    assert text.index("| 0.500 |") > tuning > text.index("| 0.904 |")

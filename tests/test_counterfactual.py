@@ -309,3 +309,30 @@ def test_auto_is_the_default_and_uses_auto_t_star(images):
     torch.testing.assert_close(counterfactual(model, images, target, **kw),
                                counterfactual(model, images, target,
                                               t_star=auto_t_star(model, images, target), **kw))
+
+
+def test_evaluate_counterfactuals_takes_auto_a_tensor_or_an_int(images):
+    """evaluate_counterfactuals resolves t* per image before batching: "auto" gives what the
+    per-image tensor gives, across batch boundaries, and reports the mean t*."""
+    from jdm.counterfactual import auto_t_star
+    from jdm.evaluate import evaluate_counterfactuals
+
+    class Judge:  # stands in for the evaluator: says class 0, embeds the first pixels
+        def predict(self, x):
+            return torch.zeros(len(x), dtype=torch.long)
+
+        def embed(self, x):
+            return x.flatten(1)[:, :4]
+
+    model = make()
+    x = torch.cat([images, images.flip(-1)])
+    labels, targets = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([1, 2, 3, 4, 5, 6])
+    real, real_labels = torch.rand(60, 1, 28, 28) * 2 - 1, torch.arange(60) % 10
+    run = lambda t_star: evaluate_counterfactuals(  # noqa: E731
+        model, Judge(), x, labels, targets, real, real_labels, t_star=t_star, steps=3,
+        batch_size=4, progress=False)
+    per_image = auto_t_star(model, x, targets)
+    auto, given = run("auto"), run(per_image)
+    assert torch.equal(auto["counterfactuals"], given["counterfactuals"])
+    assert auto["t_star_mean"] == pytest.approx(per_image.float().mean().item())
+    assert run(10)["t_star_mean"] == 10.0
