@@ -9,7 +9,8 @@
 
 Every combination of the given starts (DDIM inversion or fresh noise), guidance kinds, scales,
 t* (an int, or ``auto``: each image its own, ``jdm.counterfactual.auto_t_star``), ``keep``, η and
-``min_change`` values is one row: the first ``--n`` test images explained towards their targets
+``min_change`` values is one row: ``--n`` test images from ``--first`` (0: the report's; another
+slice to tune a rule on, which gets its own table) explained towards their targets
 (the class the model's head ranks second, or a random other class) by ``jdm.counterfactual``
 with DDIM-``--steps``, scored by the project's evaluator (flip rate, kept rate, mean |Δ| per
 pixel, FD against real images of the target classes). Scale 0 is the unguided round trip: how
