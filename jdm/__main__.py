@@ -728,7 +728,10 @@ def run_explain(args: argparse.Namespace) -> int:
     index = torch.tensor(args.image_index)
     x, y = images[index], labels[index]
     guidance = _guidance(args)
-    x_cf = counterfactual(model, x, torch.tensor(targets), t_star=args.t_star, guidance=guidance,
+    # resolved once here, so the printout can say each image's t*
+    t_stars = (auto_t_star(model, x.to(device), torch.tensor(targets, device=device)).cpu()
+               if args.t_star == "auto" else torch.full((len(targets),), args.t_star))
+    x_cf = counterfactual(model, x, torch.tensor(targets), t_star=t_stars, guidance=guidance,
                           start=args.start, keep=args.keep, min_change=args.min_change,
                           steps=args.steps, generator=torch.Generator().manual_seed(args.seed)).cpu()
     evaluator = load_evaluator(device)
@@ -736,10 +739,8 @@ def run_explain(args: argparse.Namespace) -> int:
     short = [n.split("/")[0] for n in names]
     titles = [f"{short[a]} → {short[b]}" for a, b in zip(y.tolist(), targets)]
     counterfactual_gallery(x, x_cf, titles, path=args.out)
-    t_stars = (auto_t_star(model, x.to(device), torch.tensor(targets, device=device)).tolist()
-               if args.t_star == "auto" else [args.t_star] * len(targets))
     for i, a, b, t, d, ts in zip(args.image_index, before, after, targets,
-                                 (x_cf - x).abs().flatten(1).mean(1).tolist(), t_stars):
+                                 (x_cf - x).abs().flatten(1).mean(1).tolist(), t_stars.tolist()):
         print(f"test image {i} ({names[int(labels[i])]}): evaluator {names[a]} → {names[b]} "
               f"(target {names[t]}{', flipped' if b == t else ', not flipped'}); t* {ts}, "
               f"mean |Δ| {d:.3f}")

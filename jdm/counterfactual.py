@@ -247,7 +247,7 @@ def _per_image_t_star(model, x: Tensor, target: Tensor, t_star) -> Tensor:
 
 
 @torch.no_grad()
-def auto_t_star(model, x: Tensor, target: Tensor, *, rule: tuple[float, float, float] = AUTO_T_STAR
+def auto_t_star(model, x: Tensor, target: Tensor | int, *, rule: tuple[float, float, float] = AUTO_T_STAR
                 ) -> Tensor:
     """Each image's own t*: further for a target the model finds less likely. (N,) long.
 
@@ -261,14 +261,16 @@ def auto_t_star(model, x: Tensor, target: Tensor, *, rule: tuple[float, float, f
     much more (``AUTO_T_STAR`` says how the rule was chosen). Rounding keeps the batch in a few
     groups that share a t*.
 
-    Args: x (N, C, H, W) clean images in [-1, 1]; target (N,) long.
+    Args: x (N, C, H, W) clean images in [-1, 1]; target an int or (N,) class indices (checked
+    as ``counterfactual`` checks them).
     """
     base, per_nat, most = rule
     T = model.schedule.num_steps
+    target = check_targets(target, x.shape[0], model.num_classes, x.device)
     clean = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     with eval_mode(model):  # the head on clean images, as JointDiffusion.classify(x)
         log_p = model.head(model.unet.encode(x, clean)).log_softmax(1)
-    doubt = log_p.max(1).values - log_p.gather(1, target[:, None].to(log_p.device)).squeeze(1)
+    doubt = log_p.max(1).values - log_p.gather(1, target[:, None]).squeeze(1)
     unit = max(T / 40, 1.0)
     t_star = torch.round(T * (base + per_nat * doubt).clamp(max=most) / unit) * unit
     return t_star.round().long().clamp(1, T - 1)

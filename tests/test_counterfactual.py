@@ -286,6 +286,8 @@ def test_auto_t_star_grows_with_the_models_doubt(images):
         assert (t >= own).all()
     far = auto_t_star(model, images, ranked[:, 9], rule=(0.1, 10.0, 0.4))
     assert far.tolist() == [20] * len(images)              # capped at most · T
+    with pytest.raises(ValueError, match="target"):         # checked, not an index error
+        auto_t_star(model, images, 10)
 
 
 def test_per_image_t_star_runs_each_group_as_its_own_batch(images):
