@@ -64,7 +64,7 @@ def show_images(images: Tensor, nrow: int = 8, title: str | None = None,
     for spine in ax.spines.values():
         spine.set_visible(False)
     if title:
-        ax.set_title(title, fontsize=9, pad=14 if col_labels else 4)
+        ax.set_title(title, fontsize=9, pad=20 if col_labels else 4)
     return ax
 
 
@@ -79,7 +79,7 @@ def overview_figure(model, image: Tensor, n_samples: int = 10, seed: int = 0,
     noised = schedule.q_sample(image.expand(len(ts), -1, -1, -1).cpu(), ts,
                                noise.expand(len(ts), -1, -1, -1))
     samples = model.sample(n_samples, generator=torch.Generator().manual_seed(seed), progress=False)
-    fig, axes = plt.subplots(2, 1, figsize=(10, 3.0))
+    fig, axes = plt.subplots(2, 1, figsize=(10, 3.2))
     show_images(noised.clamp(-1, 1), nrow=len(ts), ax=axes[0], title="forward process q(x_t | x_0)",
                 col_labels=[f"t={t}" for t in ts.tolist()])
     show_images(samples, nrow=n_samples, ax=axes[1], title="samples of the trained model (DDIM, 50 steps)")

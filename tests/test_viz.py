@@ -30,6 +30,19 @@ def test_overview_figure_writes_png(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_overview_tool_draws_the_readme_picture(tmp_path):
+    """tools/overview_figure.py, the README's docs/overview.png command, runs on the shipped DDPM."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "overview.png"
+    done = subprocess.run([sys.executable, str(root / "tools" / "overview_figure.py"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG" and "wrote" in done.stdout
+
+
 def test_show_images_labels_rows_and_columns():
     images = torch.zeros(6, 1, 28, 28)
     ax = show_images(images, nrow=3, row_labels=["T-shirt", "Bag"], col_labels=["t=0", "t=1", "t=2"])
