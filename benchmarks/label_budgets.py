@@ -46,6 +46,13 @@ RECIPE = ["--config", "tiny", "--batch-size", "32", "--labelled-batch-size", "32
           "--log-every", "100", "--checkpoint-every", "0", "--no-progress"]
 
 
+def relative_to_root(path: Path) -> Path:
+    """``path`` relative to the repository when it lies inside (runs start there, so the recorded
+    command works in any checkout), else as given."""
+    resolved = path.resolve()
+    return resolved.relative_to(ROOT) if resolved.is_relative_to(ROOT) else path
+
+
 def command(model: str, budget: str, seed: int, steps: int, out: Path, export: str | None) -> list[str]:
     cmd = ["train", "--model", model, *BUDGETS[budget], "--seed", str(seed), "--steps", str(steps),
            *RECIPE, "--out", str(out)]
@@ -161,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 out = args.runs / f"{model}-{budget}-s{seed}"
                 export = (f"{model}-fmnist-tiny-{budget}" if args.export_seed == seed else None)
-                cmd = command(model, budget, seed, args.steps, out, export)
+                cmd = command(model, budget, seed, args.steps, relative_to_root(out), export)
                 if (out / "last.pt").exists():
                     cmd.append("--resume")
                 print("python -m jdm " + shlex.join(cmd), flush=True)

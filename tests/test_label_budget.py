@@ -200,3 +200,20 @@ def test_shipped_label_budget_pairs_share_their_recipe(budget):
         row = next(r for r in table["rows"] if r.get("exported") == name)
         assert row["command"] == manifest["command"]
         assert row["test_accuracy"] == manifest["metrics"]["test_accuracy"]
+
+
+
+def test_label_budget_commands_run_from_any_checkout():
+    """The recorded commands name their run folder relative to the repository, not this machine's
+    path: benchmarks/label_budgets.py passes --out relative to the root its runs start in."""
+    import importlib.util
+    import shlex
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("label_budgets", root / "benchmarks" / "label_budgets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.relative_to_root(root / "runs" / "label_budgets" / "x") == Path("runs/label_budgets/x")
+    assert module.relative_to_root(Path("/elsewhere/x")) == Path("/elsewhere/x")
+    for row in json.loads((root / "docs" / "label_budgets.json").read_text())["rows"]:
+        argv = shlex.split(row["command"])
+        assert argv[argv.index("--out") + 1].startswith("runs/label_budgets/"), row["command"]
