@@ -58,8 +58,8 @@ a far one: on ``joint-fmnist-small`` (inversion, classifier guidance s = 300, DD
 evaluator) t* = 225 flips 0.872 of runner-up requests at mean |Δ| 0.184 (first 500 test images)
 but only 0.66 of random-class ones (first 200), which need t* ≈ 400. With ``"auto"`` and
 ``DEFAULT_MIN_CHANGE`` the same requests flip 0.904 at mean |Δ| 0.187 (runner-up, mean t* 283;
-fixed t* = 275 flips as many at 0.216; first 1 000 images: 0.903 at 0.188) and 0.895 (random, mean
-t* 408) — ``docs/counterfactuals.md``.
+fixed t* = 275 flips as many at 0.216; first 1 000 images: 0.903 at 0.188) and 0.898 (random, first
+500, mean t* 405) — ``docs/counterfactuals.md``.
 """
 
 AUTO_T_STAR = (0.175, 0.025, 0.5)
@@ -80,15 +80,16 @@ On the tuning slice (runner-up, 200 images, t* = 250) fading at 0.3 took mean |�
 DEFAULT_INVERSION_ETA = 0.5
 """DDIM η of the reverse process after inversion when ``Guidance.eta`` is None. η slides the result
 along one flip/closeness curve (``docs/counterfactuals.md``; t* = 225, classifier guidance s = 300):
-η = 0 flips 0.79 at mean |Δ| 0.162 (100 images), 0.5 flips 0.872 at 0.184 (500), η = 1 flips 0.90
-at 0.228 (100) — and at η = 1 the unguided round trip changes nearly as much as fresh noise. After
-fresh noise: ``DEFAULT_CONDITIONAL_ETA``, as for samples."""
+η = 0 flips 0.802 at mean |Δ| 0.159, 0.5 flips 0.872 at 0.184, η = 1 flips 0.908 at 0.230 (the
+first 500 test images) — and at η = 1 the unguided round trip changes nearly as much as fresh noise.
+After fresh noise: ``DEFAULT_CONDITIONAL_ETA``, as for samples."""
 
 DEFAULT_COUNTERFACTUAL_SCALES = {"classifier": 300.0}
 """Guidance scales for counterfactuals when ``Guidance.scale`` is None, where they differ from
 sampling's ``DEFAULT_SCALES`` (classifier guidance: 100). Like t*, the scale moves the result along
-the flip/closeness curve: a first look on 48 test images (not in the report), after inversion at
-t* = 275, η = 0.5: s = 100 flipped 0.90 at mean |Δ| 0.163, s = 300 0.98 at 0.205."""
+the flip/closeness curve (``docs/counterfactuals.md``, first 500 test images, after inversion,
+η = 0.5, no fading): s = 100 flips 0.826 at mean |Δ| 0.174 (t* = 275) and 0.910 at 0.224 (t* = 350);
+s = 300 flips 0.900 at 0.200 (t* = 250) and 0.930 at 0.232 (t* = 300), a little ahead."""
 
 DEFAULT_COUNTERFACTUAL_STEPS = 20
 """DDIM steps over [0, t*] when ``steps=None``: 20 steps over t* ≈ 300 are as far apart as
