@@ -202,7 +202,6 @@ def test_shipped_label_budget_pairs_share_their_recipe(budget):
         assert row["test_accuracy"] == manifest["metrics"]["test_accuracy"]
 
 
-
 def test_label_budget_commands_run_from_any_checkout():
     """The recorded commands name their run folder relative to the repository, not this machine's
     path: benchmarks/label_budgets.py passes --out relative to the root its runs start in."""
