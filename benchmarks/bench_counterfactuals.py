@@ -45,7 +45,6 @@ def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: 
             + (f" | min change {min_change:g}" if min_change else ""))
 
 
-
 def merge(path: Path, rows: list[dict], settings: dict) -> None:
     """Add ``rows`` to the JSON report at ``path`` (same name: replaced), under a file lock."""
     path.touch()
