@@ -51,7 +51,7 @@ def test_dry_run_trains_the_trio_alike_and_exports_it(dry_run):
     train = report["phases"]["train"]
     assert train["planned_steps"] == 2  # calibration (1 step) then resumed to the plan
     exports = train["exports"]
-    assert set(exports) == {"ddpm-fmnist-gpu", "classifier-fmnist-gpu", "joint-fmnist-gpu"}
+    assert set(exports) == {"ddpm-tiny-gpu", "classifier-tiny-gpu", "joint-tiny-gpu"}  # KIND-CONFIG-gpu
     unets = set()
     for name, record in exports.items():
         manifest, path = record["manifest"], out / record["file"]
@@ -64,9 +64,9 @@ def test_dry_run_trains_the_trio_alike_and_exports_it(dry_run):
                                                    for k, v in blob["state_dict"].items()})
         unets.add(json.dumps(blob["spec"]["unet"], sort_keys=True))
         assert "--steps 2" in manifest["command"] and "--resume" in manifest["command"]
-        assert ("test_accuracy" in manifest["metrics"]) == (name != "ddpm-fmnist-gpu")
+        assert ("test_accuracy" in manifest["metrics"]) == (name != "ddpm-tiny-gpu")
     assert len(unets) == 1  # the same UNet for all three
-    assert "--noise-aware" in exports["joint-fmnist-gpu"]["manifest"]["command"]
+    assert "--noise-aware" in exports["joint-tiny-gpu"]["manifest"]["command"]
 
 
 def test_dry_run_output_fits_what_comes_back(dry_run):
@@ -103,3 +103,18 @@ def test_commands_past_their_time_are_stopped(tmp_path):
     record = run.sh("sleepy", [sys.executable, "-c", "import time; time.sleep(60)"], limit=1)
     assert record["status"] == "timeout" and time.monotonic() - start < 1 + driver.GRACE_S + 5
     assert run.sh("quick", [sys.executable, "-c", "print('hi')"], limit=30)["log_tail"] == "hi\n"
+
+
+def test_overrides_reach_the_training_commands(tmp_path):
+    driver = load_driver()
+    args = driver.argparse.Namespace(dry_run=True, budget=None, config="fmnist-small",
+                                     batch_size=8, lr=0.002, calibration_steps=3)
+    run = driver.Run(tmp_path, driver.settings(args), dry_run=True)
+    assert run.s.calibration_steps == 3
+    commands = driver.train_commands(run, alpha_run=True, compile_=False)
+    assert set(commands) == {"ddpm-fmnist-small-gpu", "classifier-fmnist-small-gpu",
+                             "joint-fmnist-small-gpu", "joint-fmnist-small-gpu-alpha0.001"}
+    for command in commands.values():
+        flags = " ".join(command)
+        assert "--config fmnist-small --batch-size 8 --lr 0.002 " in flags
+    assert driver.settings(driver.argparse.Namespace(dry_run=False, budget=None)).batch_size == 1024
