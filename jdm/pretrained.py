@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .data import data_dir, sha256
-from .diffusion import build_model
+from .diffusion import MODEL_KINDS, build_model
 from .train import read_checkpoint
 from .utils import get_device
 
@@ -116,6 +116,12 @@ def read_manifest(name: str) -> dict:
     return manifest
 
 
+def untrained_prefixes(spec: dict) -> tuple[str, ...]:
+    """state_dict prefixes of what a model of this spec never trains (not shipped), e.g. the
+    classifier baseline's decoder; () for the other kinds."""
+    return getattr(MODEL_KINDS.get(spec.get("kind")), "untrained_prefixes", ())
+
+
 def model_from_weights(blob: dict, path: Path, device: torch.device | str | None = None) -> nn.Module:
     """The model in a loaded ``jdm-weights`` file, in float32 and eval mode, on ``device`` (None:
     the CPU). Refuses weights that hold NaN/inf (naming ``path``)."""
@@ -126,7 +132,14 @@ def model_from_weights(blob: dict, path: Path, device: torch.device | str | None
     if bad:
         raise ValueError(f"{path} holds NaN/inf weights ({bad[0]}, …): the file is damaged")
     model = build_model(blob["spec"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    # a part the model never trains (untrained_prefixes) may be left out of the file: it keeps the
+    # weights the model was built with; every other key must be there
+    missing, unexpected = model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
+    missing = [k for k in missing if not k.startswith(untrained_prefixes(blob["spec"]))]
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit its spec: missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]}; the file is damaged or from another jdm")
     device = get_device(device) if device is not None else torch.device("cpu")
     return model.to(device).eval()
 
@@ -201,9 +214,12 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
     ckpt = read_checkpoint(run_checkpoint)
     weights = check_export_name(name, ckpt["spec"].get("kind"), force, folder)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    # AveragedModel keys look like "module.unet…" plus "n_averaged": keep the module's own weights
+    # AveragedModel keys look like "module.unet…" plus "n_averaged": keep the module's own weights,
+    # less any part the model never trains (the classifier baseline's decoder)
+    untrained = untrained_prefixes(ckpt["spec"])
     state = {k.removeprefix("module."): v.half() if v.is_floating_point() else v
-             for k, v in ckpt["ema"].items() if k.startswith("module.")}
+             for k, v in ckpt["ema"].items()
+             if k.startswith("module.") and not k.removeprefix("module.").startswith(untrained)}
     blob = {"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}
     _write_atomically(weights, lambda tmp: torch.save(blob, tmp))
     manifest = {
