@@ -1,4 +1,4 @@
-"""The prepared GPU run: tests, notebooks and the paper-scale trio on one CUDA GPU, in a fixed budget.
+"""The prepared GPU run: tests, notebooks and the trio trained on one CUDA GPU, in a fixed budget.
 
     bash tools/gpu_run.sh                    # on the GPU machine (installs the nbval wheels first)
     python tools/gpu_run.py --dry-run        # the same phases on the CPU with tiny settings
@@ -7,8 +7,9 @@ In order, each phase with its own time limit, all inside ``--budget`` seconds of
 
 1. ``unit_tests``  — ``pytest tests/`` with ``JDM_TEST_DEVICE=cuda``; ``demo`` — ``python -m jdm demo``;
 2. ``notebooks_quick`` — every notebook under nbval with ``JDM_QUICK=1``, one pytest call each;
-3. ``train`` — the ``fmnist``-preset trio (ddpm, classifier, joint; plus a joint run at α = 0.001
-   unless ``--no-alpha-run``) with the project's CLI, same UNet, same steps, all at once on the
+3. ``train`` — the trio (ddpm, classifier, joint; plus a joint run at α = 0.001 unless
+   ``--no-alpha-run``; UNet ``--config``, default ``fmnist-small``, batch 1,024: see
+   ``base_settings``) with the project's CLI, same UNet, same steps, all at once on the
    GPU: a short calibration segment measures the step rate, then each run resumes up to the step
    count that fits the phase (checkpoints every ``--checkpoint-every`` steps), then the CLI
    measures test metrics; each run is exported as half-precision jdm weights;
