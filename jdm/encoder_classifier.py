@@ -9,9 +9,9 @@ optimiser and step budget, and only
 
 The UNet's decoder is built (so the model has the joint model's shape and every tool that reads
 ``model.unet.encode`` works) but never trained: this model does not generate. Exported weights
-leave it out (``untrained_prefixes``; 56 % of the fmnist-small UNet), and loading builds it afresh. Labels −1
-mark unlabelled images, which this model cannot use (the joint model trains its diffusion loss on
-them).
+leave it out (``untrained_prefixes``; 56 % of the fmnist-small UNet) and loading builds it afresh.
+Labels −1 mark unlabelled images, which this model cannot use (the joint model trains its diffusion
+loss on them).
 """
 from __future__ import annotations
 
