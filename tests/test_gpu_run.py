@@ -1,7 +1,6 @@
 """The prepared GPU run (tools/gpu_run.py): its CPU dry run end to end, so it cannot rot between
 GPU runs, and its refusal to start without CUDA."""
 import hashlib
-import importlib.util
 import json
 import subprocess
 import time
@@ -12,16 +11,13 @@ import pytest
 import torch
 
 from jdm.diffusion import build_model
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_driver():
-    spec = importlib.util.spec_from_file_location("gpu_run", ROOT / "tools" / "gpu_run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look the module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/gpu_run.py")
 
 
 @pytest.fixture(scope="module")

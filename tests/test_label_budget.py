@@ -14,6 +14,7 @@ from jdm.encoder_classifier import EncoderClassifier
 from jdm.pretrained import read_manifest
 from jdm.train import TrainConfig, Trainer
 from jdm.unet import UNET_PRESETS, UNet
+from scripts import load_script
 
 # an unbalanced toy label set: class c has 5 + 3c members, shuffled
 TOY = torch.cat([torch.full((5 + 3 * c,), c) for c in range(4)])
@@ -205,12 +206,8 @@ def test_shipped_label_budget_pairs_share_their_recipe(budget):
 def test_label_budget_commands_run_from_any_checkout():
     """The recorded commands name their run folder relative to the repository, not this machine's
     path: benchmarks/label_budgets.py passes --out relative to the root its runs start in."""
-    import importlib.util
-    import shlex
     root = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("label_budgets", root / "benchmarks" / "label_budgets.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("benchmarks/label_budgets.py")
     assert module.relative_to_root(root / "runs" / "label_budgets" / "x") == Path("runs/label_budgets/x")
     assert module.relative_to_root(Path("/elsewhere/x")) == Path("/elsewhere/x")
     for row in json.loads((root / "docs" / "label_budgets.json").read_text())["rows"]:
