@@ -137,3 +137,13 @@ def test_ddim_inversion_round_trip_returns_the_image(joint, test_images):
                                          progress=False) - x).abs().mean().item()
               for start in ("inversion", "noise")}
     assert change["inversion"] < 0.04 and change["noise"] > 3 * change["inversion"]
+
+
+def test_the_shipped_joint_model_generates_every_class():
+    """Issue 11's coverage target, small: 100 unconditional DDIM-10 samples of ``jdm-fmnist``, each
+    class named by the evaluator. Measured when written: every class, 3 (trouser) to 20 (bag)
+    samples; 300 DDIM-20 samples gave 18 to 43 a class. A collapsed sampler leaves classes out."""
+    model = jdm.load_pretrained("jdm-fmnist")
+    x = model.sample(100, steps=10, generator=torch.Generator().manual_seed(0), progress=False)
+    counts = torch.bincount(load_evaluator().predict(x), minlength=10)
+    assert (counts > 0).all(), counts.tolist()
