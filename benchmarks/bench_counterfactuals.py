@@ -89,7 +89,7 @@ def main() -> None:
     p.add_argument("--render", action="store_true", help="measure nothing: write --out from --json")
     args = p.parse_args()
     if args.render:
-        args.out.write_text(markdown_report(json.loads(args.json.read_text())))
+        args.out.write_text(markdown_report(json.loads(args.json.read_text()), args.json, args.out))
         return
 
     model = jdm.load_pretrained(args.model)
@@ -128,7 +128,7 @@ def main() -> None:
                           if k != "command"}), flush=True)
         merge(args.json, [row], settings)
     if args.out:
-        args.out.write_text(markdown_report(json.loads(args.json.read_text())))
+        args.out.write_text(markdown_report(json.loads(args.json.read_text()), args.json, args.out))
 
 
 def t_star_cell(row: dict) -> str:
@@ -137,12 +137,14 @@ def t_star_cell(row: dict) -> str:
     return f"auto {'/'.join(f'{v:g}' for v in row['auto_rule'])} ({row['t_star_mean']:.0f})"
 
 
-def markdown_report(report: dict) -> str:
-    """docs/counterfactuals.md: one table per target kind, rows sorted by start, kind, scale, t*."""
+def markdown_report(report: dict, json_path: Path = Path("docs/counterfactuals.json"),
+                    out_path: Path = Path("docs/counterfactuals.md")) -> str:
+    """docs/counterfactuals.md (or ``out_path``, from ``json_path``): one table per target kind,
+    rows sorted by start, kind, scale, t*."""
     s = report["settings"]
     lines = ["# The counterfactual frontier, measured", "",
-             "Generated from `docs/counterfactuals.json` by `python benchmarks/bench_counterfactuals.py "
-             "--render --json docs/counterfactuals.json --out docs/counterfactuals.md`; each row's "
+             f"Generated from `{json_path}` by `python benchmarks/bench_counterfactuals.py "
+             f"--render --json {json_path} --out {out_path}`; each row's "
              "command is in the JSON. Every number is the project's evaluator's verdict, never the "
              "explained model's own head. Flip: the evaluator says the target class. Kept: it still "
              "says the original label. Mean |Δ|: per pixel, in [-1, 1] units. FD: counterfactuals "
