@@ -414,10 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-alpha-run", dest="alpha_run", action="store_false",
                    help="train only the trio, not the second joint run at α = 0.001")
     p.add_argument("--compile", action="store_true", help="train with torch.compile")
-    p.add_argument("--config", help="UNet preset of the trio (default fmnist; dry run tiny)")
-    p.add_argument("--batch-size", type=int, help="training batch of the trio (default 128)")
-    p.add_argument("--lr", type=float, help="learning rate of the trio (default: the shipped recipe's)")
-    p.add_argument("--calibration-steps", type=int, help="steps of the rate-measuring segment (200)")
+    p.add_argument("--config", help="UNet preset of the trio (default fmnist-small; dry run tiny)")
+    p.add_argument("--batch-size", type=int, help="training batch of the trio (default 1024; dry run 16)")
+    p.add_argument("--lr", type=float, help="learning rate of the trio (default 1e-3; dry run: the shipped recipe's)")
+    p.add_argument("--calibration-steps", type=int, help="steps of the rate-measuring segment (default 100)")
     p.add_argument("--limit", nargs="*", default=[], metavar="PHASE=SECONDS",
                    help="override phase time limits, e.g. --limit train=300 notebooks_quick=90")
     p.add_argument("--skip", nargs="*", default=[], metavar="PHASE",
