@@ -823,7 +823,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                          "keep": args.keep, "min_change": args.min_change,
                          "guidance": str(counterfactual_guidance(guidance, model.noise_aware,
                                                                  args.start)),
-                         **{k: v for k, v in res.items() if k != "counterfactuals"}})
+                         **{k: v for k, v in res.items()
+                            if k not in ("counterfactuals", "predictions")}})
     report = {"what": args.what, "model": args.model, "command": "python -m jdm " +
               shlex.join(args.argv), "hardware": hardware_string(device), "results": rows}
     for row in rows:

@@ -151,7 +151,8 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         ``{"flip_rate": evaluator says the target, "kept_rate": evaluator still says the original
         label, "l1": mean |Δ| per pixel, "l2": mean ‖Δ‖₂ per image, "fd": FD of the counterfactuals
         vs real images of the target classes (class-matched), "t_star_mean": the mean t* the
-        images were taken to, "seconds", "counterfactuals"}``.
+        images were taken to, "seconds", "counterfactuals" (N, C, H, W), "predictions": the
+        evaluator's class for each counterfactual (N,)}``.
     """
     device = next(model.parameters()).device
     if isinstance(t_star, str) and t_star == "auto":  # resolved here, so t_star_mean can report it
@@ -183,5 +184,5 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         "kept_rate": class_agreement(pred, labels),
         **image_distances(images.cpu(), cfs),
         "fd": frechet_distance(evaluator.embed(real_images[real]), evaluator.embed(cfs)),
-        "t_star_mean": t_star_mean, "seconds": seconds, "counterfactuals": cfs,
+        "t_star_mean": t_star_mean, "seconds": seconds, "counterfactuals": cfs, "predictions": pred,
     }

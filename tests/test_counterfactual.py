@@ -338,3 +338,6 @@ def test_evaluate_counterfactuals_takes_auto_a_tensor_or_an_int(images):
     assert torch.equal(auto["counterfactuals"], given["counterfactuals"])
     assert auto["t_star_mean"] == pytest.approx(per_image.float().mean().item())
     assert run(10)["t_star_mean"] == 10.0
+    # the judge's verdicts come back too (the judge says 0; label 0 is kept, target 1 never flips)
+    assert torch.equal(auto["predictions"], torch.zeros(6, dtype=torch.long))
+    assert auto["kept_rate"] == pytest.approx(1 / 6) and auto["flip_rate"] == 0.0
