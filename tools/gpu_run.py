@@ -205,7 +205,7 @@ def phase_unit_tests(run: Run) -> None:
     # addopts overridden: the project's default options need nbval, which a bare GPU machine lacks
     # tests/test_gpu_run.py is this script's CPU rehearsal, and tests/test_course.py grades every
     # student notebook in fresh kernels (minutes of CPU work; the notebook phases cover CUDA): the
-    # first GPU run spent its whole 100 s on them. pytest-xdist, where installed, runs 4 at once.
+    # first GPU run's 100 s ran out while in it. pytest-xdist, where installed, runs 4 at once.
     cmd = [sys.executable, "-m", "pytest", *run.s.test_paths, "-q", "-p", "no:cacheprovider",
            "-o", "addopts=-ra", "--ignore=tests/test_gpu_run.py", "--ignore=tests/test_course.py",
            *(["-n", "4"] if has_module("xdist") and run.s.device == "cuda" else [])]
