@@ -136,7 +136,8 @@ def model_from_weights(blob: dict, path: Path, device: torch.device | str | None
     # weights the model was built with; every other key must be there
     missing, unexpected = model.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
-    missing = [k for k in missing if not k.startswith(untrained_prefixes(blob["spec"]))]
+    untrained = untrained_prefixes(blob["spec"])
+    missing = [k for k in missing if not k.startswith(untrained)]
     if missing or unexpected:
         raise ValueError(f"{path} does not fit its spec: missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]}; the file is damaged or from another jdm")
