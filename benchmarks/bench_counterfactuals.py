@@ -39,10 +39,14 @@ from jdm.sampling import GUIDANCE_KINDS
 
 
 def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: int | str,
-             keep: float, eta: float | None, min_change: float) -> str:
+             keep: float, eta: float | None, min_change: float,
+             rule: tuple[float, float, float] | None = None) -> str:
+    """The row's key in the report. A t* auto row names its rule: the default rule has changed
+    once (``AUTO_T_STAR``), and a row measured with the old one must not be replaced by the new."""
     name = f"{targets} | n={n} | {start} | {kind} {scale:g} | t*={t_star}"
     return (name + (f" | keep {keep:g}" if keep else "") + (f" | eta {eta:g}" if eta is not None else "")
-            + (f" | min change {min_change:g}" if min_change else ""))
+            + (f" | min change {min_change:g}" if min_change else "")
+            + (f" | rule {' '.join(f'{v:g}' for v in rule)}" if t_star == "auto" else ""))
 
 
 def merge(path: Path, rows: list[dict], settings: dict) -> None:
@@ -62,7 +66,7 @@ def merge(path: Path, rows: list[dict], settings: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="joint-fmnist-small")
+    p.add_argument("--model", default="joint-fmnist-small-gpu")
     p.add_argument("--n", type=int, default=500, help="test images (n of them from --first on)")
     p.add_argument("--first", type=int, default=0,
                    help="index of the first test image (0: the report's images; e.g. 8000 for a "
@@ -113,9 +117,8 @@ def main() -> None:
                                        min_change=min_change, steps=args.steps, seed=args.seed,
                                        exclude=torch.arange(args.first, args.first + args.n),
                                        progress=False)
-        name = row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta, min_change)
-        if t_star == "auto" and rule != AUTO_T_STAR:
-            name += f" | rule {' '.join(f'{v:g}' for v in rule)}"
+        name = row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta,
+                        min_change, rule)
         row = {"name": name + (f" | first {args.first}" if args.first else ""),
                "targets": args.targets, "n": args.n, "first": args.first, "start": start, "kind": kind,
                "scale": guidance.scale, "t_star": t_star, "keep": keep, "steps": args.steps,

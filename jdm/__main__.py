@@ -637,8 +637,10 @@ def _add_guidance_flags(p) -> None:
                    help="DDIM steps of the reverse process (default: jdm.sampling.DEFAULT_DDIM_STEPS "
                         "for samples, jdm.counterfactual.DEFAULT_COUNTERFACTUAL_STEPS over [0, t*] "
                         "for counterfactuals)")
-    p.add_argument("--model", default="joint-fmnist-small",
-                   help="name of a shipped joint checkpoint (see jdm.list_pretrained())")
+    p.add_argument("--model", default="joint-fmnist-small-gpu",
+                   help="name of a shipped joint checkpoint (see jdm.list_pretrained()); the "
+                        "default is the GPU-trained one the counterfactual defaults were fitted on "
+                        "(docs/counterfactuals_gpu.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     p.add_argument("--device", default=None,
                    help="cuda, cuda:1, mps or cpu; default: the best available")

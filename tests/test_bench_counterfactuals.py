@@ -17,11 +17,12 @@ def row(**kw):
 
 
 def test_row_names_tell_settings_apart(bench):
-    names = {bench.row_name("runner-up", 500, "inversion", "classifier", 300.0, t, 0.0, None, m)
-             for t in (225, "auto") for m in (0.0, 0.3)}
-    assert len(names) == 4
-    assert bench.row_name("random", 200, "noise", "classifier", 300.0, "auto", 0.1, 0.5, 0.3) == \
-        "random | n=200 | noise | classifier 300 | t*=auto | keep 0.1 | eta 0.5 | min change 0.3"
+    names = {bench.row_name("runner-up", 500, "inversion", "classifier", 300.0, t, 0.0, None, m, rule)
+             for t in (225, "auto") for m in (0.0, 0.3) for rule in ((0.15, 0.025, 0.5), (0.175, 0.025, 0.5))}
+    assert len(names) == 6   # the rule tells auto rows apart; a fixed t* has none
+    assert bench.row_name("random", 200, "noise", "classifier", 300.0, "auto", 0.1, 0.5, 0.3,
+                          (0.15, 0.025, 0.5)) == \
+        "random | n=200 | noise | classifier 300 | t*=auto | keep 0.1 | eta 0.5 | min change 0.3 | rule 0.15 0.025 0.5"
 
 
 def test_report_shows_auto_rows_with_their_mean_t_star(bench):

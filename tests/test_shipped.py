@@ -86,6 +86,12 @@ def joint():
     return jdm.load_pretrained("joint-fmnist-small")
 
 
+@pytest.fixture(scope="module")
+def explained():
+    """The model the counterfactual defaults were fitted on, and ``python -m jdm explain``'s."""
+    return jdm.load_pretrained("joint-fmnist-small-gpu")
+
+
 @pytest.mark.parametrize("guidance, minimum", [("classifier", 0.8), ("representation-x0", 0.3),
                                                ("representation", 0.2)])
 def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
@@ -99,44 +105,43 @@ def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
     assert (load_evaluator().predict(x) == labels).float().mean() >= minimum
 
 
-def test_counterfactuals_flip_to_the_runner_up(joint, test_images):
+def test_counterfactuals_flip_to_the_runner_up(explained, test_images):
     """30 test images towards the class the model ranks second with the defaults (DDIM inversion,
-    classifier guidance), DDIM-10 instead of 20 to keep the test short. The frontier rows in
-    docs/counterfactuals.md are the full-size figures."""
+    classifier guidance, t* auto, min_change 0.3), DDIM-10 instead of 20 to keep the test short.
+    The frontier rows in docs/counterfactuals_gpu.md are the full-size figures."""
     x = test_images[0][:30]
-    targets = runner_up_targets(joint, x)
-    x_cf = jdm.counterfactual(joint, x, targets, steps=10, progress=False)
-    # measured when written (t* auto, min_change 0.3): 0.90 flipped at mean |Δ| 0.196 (a sign
-    # error flips ~0.1)
-    assert (load_evaluator().predict(x_cf) == targets).float().mean() >= 0.7
-    assert (x_cf - x).abs().mean() < 0.25
+    targets = runner_up_targets(explained, x)
+    x_cf = jdm.counterfactual(explained, x, targets, steps=10, progress=False)
+    # measured when written: 0.93 flipped at mean |Δ| 0.184 (a sign error flips ~0.1)
+    assert (load_evaluator().predict(x_cf) == targets).float().mean() >= 0.8
+    assert (x_cf - x).abs().mean() < 0.22
 
 
-def test_far_targets_get_a_larger_t_star_and_flip(joint, test_images):
+def test_far_targets_get_a_larger_t_star_and_flip(explained, test_images):
     """A random other class is further from the model's belief than its runner-up, so auto_t_star
-    takes it further into the diffusion; with the defaults the evaluator then says the target for
-    0.90 of these 30 images when written (one t* = 225 for all: 0.80)."""
+    takes it further into the diffusion (mean t* 410 against 292 for these 30 when written); with
+    the defaults the evaluator then says the target for 0.93 of them."""
     from jdm.counterfactual import auto_t_star
     x, y = test_images[0][:30], test_images[1][:30]
     far = other_class_targets(y, 10, torch.Generator().manual_seed(0))
-    near = runner_up_targets(joint, x)
-    assert auto_t_star(joint, x, far).float().mean() > auto_t_star(joint, x, near).float().mean() + 50
-    x_cf = jdm.counterfactual(joint, x, far, steps=10, progress=False)
-    assert (load_evaluator().predict(x_cf) == far).float().mean() >= 0.75
+    near = runner_up_targets(explained, x)
+    assert auto_t_star(explained, x, far).float().mean() > auto_t_star(explained, x, near).float().mean() + 50
+    x_cf = jdm.counterfactual(explained, x, far, steps=10, progress=False)
+    assert (load_evaluator().predict(x_cf) == far).float().mean() >= 0.8
 
 
-def test_ddim_inversion_round_trip_returns_the_image(joint, test_images):
+def test_ddim_inversion_round_trip_returns_the_image(explained, test_images):
     """Unguided (scale 0), the trip to t* = 275 and back with deterministic DDIM (η = 0) changes
-    little after DDIM inversion and much after fresh noise. Measured when written on 64 test
-    images, DDIM-20: mean |Δ| 0.020 against 0.12; with the default η = 0.5 after inversion about
-    half of fresh noise's (notebook 07 §2)."""
+    little after DDIM inversion and much after fresh noise. Measured when written on these 16 test
+    images, DDIM-20: mean |Δ| 0.003 against 0.093 (the CPU-trained joint-fmnist-small: 0.020
+    against 0.12 on 64; notebook 07 §2)."""
     x = test_images[0][:16]
     unguided = jdm.Guidance("classifier", scale=0.0, eta=0.0)
-    change = {start: (jdm.counterfactual(joint, x, 0, t_star=275, guidance=unguided, start=start,
+    change = {start: (jdm.counterfactual(explained, x, 0, t_star=275, guidance=unguided, start=start,
                                          generator=torch.Generator().manual_seed(0),
                                          progress=False) - x).abs().mean().item()
               for start in ("inversion", "noise")}
-    assert change["inversion"] < 0.04 and change["noise"] > 3 * change["inversion"]
+    assert change["inversion"] < 0.02 and change["noise"] > 5 * change["inversion"]
 
 
 def test_the_shipped_joint_model_generates_every_class():
