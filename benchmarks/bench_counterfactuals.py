@@ -49,6 +49,13 @@ def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: 
             + (f" | rule {' '.join(f'{v:g}' for v in rule)}" if t_star == "auto" else ""))
 
 
+def check_model(report: dict, path: Path, model: str) -> None:
+    """A report holds the rows of one model: refuse to mix another's in."""
+    if report["settings"]["model"] != model:
+        raise SystemExit(f"{path} holds rows of {report['settings']['model']}, not of {model}: "
+                         f"pass --model {report['settings']['model']} or another --json")
+
+
 def merge(path: Path, rows: list[dict], settings: dict) -> None:
     """Add ``rows`` to the JSON report at ``path`` (same name: replaced), under a file lock."""
     path.touch()
@@ -56,6 +63,7 @@ def merge(path: Path, rows: list[dict], settings: dict) -> None:
         fcntl.flock(f, fcntl.LOCK_EX)
         text = f.read()
         report = json.loads(text) if text.strip() else {"settings": settings, "rows": []}
+        check_model(report, path, settings["model"])
         merged = {r["name"]: r for r in report["rows"]}
         merged.update({r["name"]: r for r in rows})
         report["rows"] = sorted(merged.values(), key=lambda r: r["name"])
@@ -66,7 +74,9 @@ def merge(path: Path, rows: list[dict], settings: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="joint-fmnist-small-gpu")
+    p.add_argument("--model", default="joint-fmnist-small",
+                   help="shipped joint model; a report holds one model's rows (the default keeps the "
+                        "commands stored in docs/counterfactuals.json as they were run)")
     p.add_argument("--n", type=int, default=500, help="test images (n of them from --first on)")
     p.add_argument("--first", type=int, default=0,
                    help="index of the first test image (0: the report's images; e.g. 8000 for a "
@@ -96,6 +106,8 @@ def main() -> None:
         args.out.write_text(markdown_report(json.loads(args.json.read_text()), args.json, args.out))
         return
 
+    if args.json.is_file() and args.json.read_text().strip():   # before minutes of measuring
+        check_model(json.loads(args.json.read_text()), args.json, args.model)
     model = jdm.load_pretrained(args.model)
     evaluator = load_evaluator()
     test_x, test_y = load_tensors("fashion_mnist", train=False)

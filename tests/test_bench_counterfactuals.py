@@ -1,4 +1,6 @@
 """benchmarks/bench_counterfactuals.py: row names and the markdown report it renders."""
+import json
+
 import pytest
 
 from scripts import load_script
@@ -40,3 +42,13 @@ def test_report_shows_auto_rows_with_their_mean_t_star(bench):
     # a tuning slice gets its own table, after the report's images
     tuning = text.index("## runner-up targets, tuning slice: test images 8000–8499")
     assert text.index("| 0.500 |") > tuning > text.index("| 0.904 |")
+
+
+def test_a_report_refuses_another_models_rows(bench, tmp_path):
+    path = tmp_path / "report.json"
+    settings = {"model": "joint-fmnist-small", "steps": 20, "seed": 0, "hardware": "cpu"}
+    bench.merge(path, [row(name="a")], settings)
+    bench.merge(path, [row(name="b")], settings)
+    with pytest.raises(SystemExit, match="holds rows of joint-fmnist-small"):
+        bench.merge(path, [row(name="c")], {**settings, "model": "joint-fmnist-small-gpu"})
+    assert [r["name"] for r in json.loads(path.read_text())["rows"]] == ["a", "b"]
