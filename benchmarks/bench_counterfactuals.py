@@ -39,8 +39,7 @@ from jdm.sampling import GUIDANCE_KINDS
 
 
 def row_name(targets: str, n: int, start: str, kind: str, scale: float, t_star: int | str,
-             keep: float, eta: float | None, min_change: float,
-             rule: tuple[float, float, float] | None = None) -> str:
+             keep: float, eta: float | None, min_change: float, rule: tuple[float, float, float]) -> str:
     """The row's key in the report. A t* auto row names its rule: the default rule has changed
     once (``AUTO_T_STAR``), and a row measured with the old one must not be replaced by the new."""
     name = f"{targets} | n={n} | {start} | {kind} {scale:g} | t*={t_star}"
@@ -106,8 +105,9 @@ def main() -> None:
         args.out.write_text(markdown_report(json.loads(args.json.read_text()), args.json, args.out))
         return
 
-    if args.json.is_file() and args.json.read_text().strip():   # before minutes of measuring
-        check_model(json.loads(args.json.read_text()), args.json, args.model)
+    existing = args.json.read_text() if args.json.is_file() else ""
+    if existing.strip():   # before minutes of measuring
+        check_model(json.loads(existing), args.json, args.model)
     model = jdm.load_pretrained(args.model)
     evaluator = load_evaluator()
     test_x, test_y = load_tensors("fashion_mnist", train=False)
