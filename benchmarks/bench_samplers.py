@@ -1,85 +1,88 @@
 """The conditional samplers side by side on one shipped joint model, same seeds, judged by the evaluator.
 
-    python benchmarks/bench_samplers.py --per-class 50 --steps 50 --json docs/samplers.json --out docs/samplers.md
-    python benchmarks/bench_samplers.py --sweep --per-class 10 --steps 20 --json docs/samplers.json
-    python benchmarks/bench_samplers.py --only classifier --json docs/samplers.json   # one row
+    python benchmarks/bench_samplers.py --table main --per-class 50 --json docs/samplers.json
+    python benchmarks/bench_samplers.py --table grid --per-class 10 --json docs/samplers.json
+    python benchmarks/bench_samplers.py --table maps --per-class 10 --json docs/samplers.json
+    python benchmarks/bench_samplers.py --table inner --per-class 10 --json docs/samplers.json
+    python benchmarks/bench_samplers.py --table method --per-class 5 --json docs/samplers.json
+    python benchmarks/bench_samplers.py --render --json docs/samplers.json --out docs/samplers.md
 
-Rows: unconditional samples (the chance level and the FD to beat), the paper's sampler
-(optimised representations, the head on z_t) with the model's noise-aware head and with a head
-trained on clean images only (the head the paper's recipe trains; fitted here on the frozen
-encoder's clean features, so the encoder and decoder are the same), the x̂₀ variant, and
-classifier guidance. Each row: evaluator agreement with the requested class (overall and per
-class), FD against as many class-matched test images, precision, recall and wall time.
+Tables (each measured on ``--model``, DDIM-``--steps`` at η = 1 unless the row says otherwise):
+``main``: unconditional samples (the chance level and the FD to beat), the paper's sampler
+(``Guidance("representation")``: the authors' total derivative and sign), the x̂₀ variant and
+classifier guidance; ``grid``: the paper's sampler over gradient rule (total / direct) × direction
+(descent, the authors' / ascent) × γ; ``maps``: which maps move (all / lowest / highest
+resolution); ``inner``: 1 vs 3 feature updates per step; ``method``: ancestral DDPM over every
+step vs DDIM. Each row: evaluator agreement with the requested class (overall and per class),
+the model's own head's agreement on the same samples, FD against as many class-matched test
+images, precision, recall and wall time. Rows of the same table, model and name are replaced in
+``--json``; everything else there is kept.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import jdm
 from jdm.__main__ import hardware_string
-from jdm.classifier import ClassifierHead, pool_features
 from jdm.data import CLASS_NAMES, load_tensors
 from jdm.evaluate import evaluate_conditional
 from jdm.evaluator import load_evaluator
-from jdm.utils import eval_mode
+
+G = jdm.Guidance
+PAPER_GAMMA = 100.0  # the best γ of the authors' rule in the grid (docs/samplers.md)
 
 
-@torch.no_grad()
-def _pooled_clean_features(model, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """(N, D) pooled encoder features of clean images (t = 0): the head's input."""
-    out = []
-    with eval_mode(model):
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size]
-            out.append(pool_features(model.unet.encode(x, torch.zeros(len(x), dtype=torch.long))))
-    return torch.cat(out)
+def table_rows(table: str) -> list[tuple[str, G | None, dict]]:
+    """(row name, guidance or None for unconditional, extra sampling kwargs) for one table."""
+    if table == "main":
+        return [("unconditional", None, {}),
+                ("representation (paper: total, descent)", G("representation"), {}),
+                ("representation-x0 (jdm variant)", G("representation-x0"), {}),
+                ("classifier guidance", G("classifier"), {})]
+    if table == "grid":
+        gammas = {("total", "descent"): (10, 100, 1000), ("total", "ascent"): (100, 1000),
+                  ("direct", "descent"): (100, 1000), ("direct", "ascent"): (300, 1000)}
+        return [(f"{rule}, {direction}, γ={g:g}",
+                 G("representation", scale=g, gradient=rule, direction=direction), {})
+                for (rule, direction), gs in gammas.items() for g in gs]
+    if table == "maps":
+        return [(f"maps: {levels}", G("representation", levels=levels), {})
+                for levels in ("all", "lowest", "highest")]
+    if table == "inner":
+        return [(f"inner steps: {k}", G("representation", inner_steps=k), {}) for k in (1, 3)]
+    if table == "method":
+        return [("DDIM-50 (η = 1)", G("representation"), {"method": "ddim", "steps": 50}),
+                ("ancestral DDPM, every step", G("representation"), {"method": "ddpm", "steps": None})]
+    raise ValueError(f"unknown table {table!r}")
 
 
-def with_clean_head(model, images, labels, test_images, test_labels, epochs: int = 30, seed: int = 0):
-    """A copy of ``model`` whose head is retrained on clean features only (t = 0), as the paper's
-    joint loss trains it; the UNet is shared and frozen. Returns (model copy, test accuracy)."""
-    torch.manual_seed(seed)
-    feats, test_feats = _pooled_clean_features(model, images), _pooled_clean_features(model, test_images)
-    old = model.head
-    head = ClassifierHead(old.feature_channels, old.num_classes, old.hidden, old.dropout_p)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(feats)).split(256):
-            loss = F.cross_entropy(head.mlp(feats[idx]), labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    head.eval()
-    with torch.no_grad():
-        acc = (head.mlp(test_feats).argmax(1) == test_labels).float().mean().item()
-    clean = copy.deepcopy(model)  # the same UNet weights, the new head, never noise-aware
-    clean.head, clean.noise_aware = head, False
-    return clean, acc
+def measure(model, evaluator, test_x, test_y, guidance, per_class: int, seed: int, **sampling) -> dict:
+    """One row: the evaluator's verdict on ``per_class`` samples of each class, and the model's own."""
+    res = evaluate_conditional(model, evaluator, test_x, test_y, per_class=per_class,
+                               guidance=guidance, conditional=guidance is not None,
+                               seed=seed, progress=False, **sampling)
+    own = (model.predict(res["samples"]) == res["labels"]).double().mean().item()
+    return {**{k: res[k] for k in ("agreement", "fd", "precision", "recall", "seconds")},
+            "own_head_agreement": own, "agreement_per_class": res["agreement_per_class"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="joint-fmnist-small")
+    p.add_argument("--model", default="jdm-fmnist")
+    p.add_argument("--table", default="main", choices=("main", "grid", "maps", "inner", "method"))
     p.add_argument("--per-class", type=int, default=50)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (rows that set their own keep them)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sweep", action="store_true", help="sweep γ/s instead of the main table")
-    p.add_argument("--render", action="store_true",
-                   help="measure nothing: write --out from the --json report")
-    p.add_argument("--only", nargs="*", default=None, help="run only these rows (by name)")
-    p.add_argument("--head-images", type=int, default=20000,
-                   help="training images for the clean-only head")
-    p.add_argument("--json", type=Path, default=None,
-                   help="merge the results into this JSON report (rows of the same name replaced)")
-    p.add_argument("--out", type=Path, default=None, help="write a markdown table here")
+    p.add_argument("--only", nargs="*", default=None, help="run only the rows whose name holds one of these")
+    p.add_argument("--render", action="store_true", help="measure nothing: write --out from --json")
+    p.add_argument("--json", type=Path, default=None, help="merge the results into this JSON report")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = p.parse_args()
     if args.render:
         args.out.write_text(markdown_report(json.loads(args.json.read_text())))
@@ -88,99 +91,76 @@ def main() -> None:
     model = jdm.load_pretrained(args.model)
     evaluator = load_evaluator()
     test_x, test_y = load_tensors("fashion_mnist", train=False)
-    train_x, train_y = load_tensors("fashion_mnist", train=True)
-    G = jdm.Guidance
-    CLEAN = "clean"  # stands for the model with a clean-only head, fitted only if a row needs it
-    if args.sweep:
-        rows = [(f"representation γ={s:g}", model, G("representation", scale=s)) for s in (100, 300, 1000, 3000, 10000)]
-        rows += [(f"representation, clean head γ={s:g}", CLEAN, G("representation", scale=s)) for s in (100, 1000, 10000)]
-    else:
-        rows = [("unconditional", model, None),
-                ("representation (paper), noise-aware head", model, G("representation")),
-                ("representation (paper), clean-only head", CLEAN, G("representation")),
-                ("representation-x0 (jdm variant)", model, G("representation-x0")),
-                ("classifier guidance", model, G("classifier"))]
+    rows = table_rows(args.table)
     if args.only:
         rows = [r for r in rows if any(o in r[0] for o in args.only)]
-    clean_acc = None
-    if any(m is CLEAN for _, m, _ in rows):
-        t0 = time.perf_counter()
-        clean, clean_acc = with_clean_head(model, train_x[:args.head_images],
-                                           train_y[:args.head_images], test_x, test_y)
-        print(f"clean-only head: test accuracy {clean_acc:.4f} ({args.head_images} training "
-              f"images, {time.perf_counter() - t0:.0f} s)", flush=True)
-        rows = [(name, clean if m is CLEAN else m, g) for name, m, g in rows]
-    results = []
-    for name, m, guidance in rows:
-        res = evaluate_conditional(m, evaluator, test_x, test_y, per_class=args.per_class,
-                                   guidance=guidance, conditional=guidance is not None,
-                                   steps=args.steps, seed=args.seed, progress=False)
-        row = {"sampler": name,
-               "guidance": str(guidance.resolve(m.noise_aware)) if guidance else "none",
-               **{k: res[k] for k in ("agreement", "fd", "precision", "recall", "seconds")},
-               "agreement_per_class": res["agreement_per_class"]}
-        results.append(row)
+    report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {"tables": []}
+    for name, guidance, sampling in rows:
+        sampling = {"steps": args.steps, **sampling}
+        row = {"table": args.table, "model": args.model, "sampler": name,
+               "guidance": str(guidance.resolve(model.noise_aware)) if guidance else "none",
+               "per_class": args.per_class, "method": sampling.get("method", "ddim"),
+               "steps": sampling["steps"], "seed": args.seed,
+               **measure(model, evaluator, test_x, test_y, guidance, args.per_class, args.seed, **sampling),
+               "hardware": hardware_string(torch.device("cpu")),
+               "command": "python benchmarks/bench_samplers.py " + " ".join(sys.argv[1:])}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
-                          if k != "agreement_per_class"}), flush=True)
-    # merge into the JSON report: rows of the same name are replaced, others kept (the table can
-    # be measured in parts, e.g. one sampler at a time, and stays one file)
-    report = json.loads(args.json.read_text()) if args.json and args.json.is_file() else {}
-    key = "sweep" if args.sweep else "rows"
-    report[f"{key}_settings"] = {
-        "model": args.model, "per_class": args.per_class, "steps": args.steps, "seed": args.seed,
-        "hardware": hardware_string(torch.device("cpu")),
-        "command": "python benchmarks/bench_samplers.py " + " ".join(sys.argv[1:])}
-    if clean_acc is not None:
-        report["clean_head_test_accuracy"] = clean_acc
-    merged = {r["sampler"]: r for r in report.get(key, [])}
-    merged.update({r["sampler"]: r for r in results})
-    report[key] = list(merged.values())
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
+                          if k not in ("agreement_per_class", "hardware", "command")}), flush=True)
+        key = (row["table"], row["model"], row["sampler"])
+        report["tables"] = [r for r in report["tables"]
+                            if (r["table"], r["model"], r["sampler"]) != key] + [row]
+        if args.json:  # after every row: a long run stopped half-way keeps what it measured
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.out:
         args.out.write_text(markdown_report(report))
 
 
+TITLES = {"main": "The samplers side by side", "grid": "The paper's sampler: gradient rule × direction × γ",
+          "maps": "Which feature maps move", "inner": "Feature updates per reverse step",
+          "method": "Ancestral DDPM vs DDIM",
+          "legacy": "Before the authors' rule: jdm's direct gradient and ascent (until December 2026)",
+          "legacy-sweep": "γ of jdm's former rule (direct, ascent), DDIM-20"}
+
+
 def markdown_report(report: dict) -> str:
-    """docs/samplers.md: the main table and the γ sweep, with the commands that measured them."""
+    """docs/samplers.md: one table per (table, model), each row with its command."""
     names = [n.split("/")[0] for n in CLASS_NAMES["fashion_mnist"]]
-    settings = report.get("rows_settings", {})
-    lines = ["# The conditional samplers, measured",
-             "",
+    lines = ["# The conditional samplers, measured", "",
              "Generated from `docs/samplers.json` by `python benchmarks/bench_samplers.py --render "
-             "--json docs/samplers.json --out docs/samplers.md`; every number is the evaluator's "
-             "verdict (never the model's own head). Agreement: the share of samples the evaluator "
-             "assigns to the requested class (chance 0.1). FD: Fréchet distance in the evaluator's "
-             "features against as many class-matched test images.",
-             ""]
-    if settings:
-        lines += [f"Model `{settings['model']}`, {settings['per_class']} samples per class "
-                  f"({10 * settings['per_class']} per row), DDIM-{settings['steps']}, η = 1, seed "
-                  f"{settings['seed']} for every row; {settings['hardware']}. Command: "
-                  f"`{settings['command']}` (rows measured in parts and merged).", ""]
-        if "clean_head_test_accuracy" in report:
-            lines += [f"The clean-only head (fitted on the frozen encoder's clean features, as the "
-                      f"paper's joint loss trains it) scores {report['clean_head_test_accuracy']:.3f} "
-                      "test accuracy.", ""]
-        lines += ["| sampler | agreement | FD | precision | recall | seconds* | weakest class |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in report.get("rows", []):
-            per_class = {int(c): a for c, a in r["agreement_per_class"].items()}
-            worst = min(per_class, key=per_class.get)
-            lines.append(f"| {r['sampler']} | {r['agreement']:.3f} | {r['fd']:.1f} | "
-                         f"{r['precision']:.2f} | {r['recall']:.2f} | {r['seconds']:.0f} | "
-                         f"{names[worst]} {per_class[worst]:.2f} |")
-        lines += ["", "*Wall time on a CPU shared with other jobs whose load changed between rows: "
-                  "an order of magnitude, not a comparison between rows.", ""]
-    sweep = report.get("sweep_settings")
-    if sweep:
-        lines += [f"Step size γ of the paper's sampler: {sweep['per_class']} samples per class, "
-                  f"DDIM-{sweep['steps']}. Command: `{sweep['command']}`."
-                  + (f" {sweep['note']}." if sweep.get("note") else ""), "",
-                  "| sampler | agreement | FD | precision | recall |", "|---|---|---|---|---|"]
-        lines += [f"| {r['sampler']} | {r['agreement']:.2f} | {r['fd']:.1f} | {r['precision']:.2f} | "
-                  f"{r['recall']:.2f} |" for r in report.get("sweep", [])]
-    return "\n".join(lines) + "\n"
+             "--json docs/samplers.json --out docs/samplers.md`. Agreement: the share of samples the "
+             "independent evaluator CNN assigns to the requested class (chance 0.1); own head: the "
+             "same for the model's own classifier head on the same samples. FD: Fréchet distance in "
+             "the evaluator's features against as many class-matched test images. Seed 0 for every "
+             "row, so rows of one table start from the same noise. The paper's sampler "
+             "(`Guidance(\"representation\")`) steps each feature map by +γ·dCE/dz with its total "
+             "derivative through the encoder, as the authors' script does; `direct` and `ascent` "
+             "are the ablations (`jdm.sampling.GRADIENT_RULES`, `DIRECTIONS`).", ""]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in report["tables"]:
+        groups.setdefault((r["table"], r["model"]), []).append(r)
+    # the current tables first, the measurements of the former rule last
+    for (table, model), rows in sorted(groups.items(), key=lambda kv: kv[0][0].startswith("legacy")):
+        first = rows[0]
+        lines += [f"## {TITLES.get(table, table)} — `{model}`", "",
+                  f"{first['per_class']} samples per class ({10 * first['per_class']} per row), "
+                  f"{'DDIM-' + str(first['steps']) if first['method'] == 'ddim' else 'ancestral DDPM'}"
+                  f" unless the row says otherwise; {first['hardware']}.", "",
+                  "| sampler | agreement | own head | FD | precision | recall | seconds* | weakest class |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in rows:  # rows measured before a column existed show "–" there
+            per_class = {int(c): a for c, a in r.get("agreement_per_class", {}).items()}
+            worst = min(per_class, key=per_class.get) if per_class else None
+            own = f"{r['own_head_agreement']:.3f}" if "own_head_agreement" in r else "–"
+            seconds = f"{r['seconds']:.0f}" if "seconds" in r else "–"
+            weakest = f"{names[worst]} {per_class[worst]:.2f}" if per_class else "–"
+            lines.append(f"| {r['sampler']} | {r['agreement']:.3f} | {own} | {r['fd']:.1f} | "
+                         f"{r['precision']:.2f} | {r['recall']:.2f} | {seconds} | {weakest} |")
+        commands = dict.fromkeys(r["command"] for r in rows)  # distinct, in order
+        lines += ["", "Measured by " + "; ".join(f"`{c}`" for c in commands) + ".", ""]
+    lines += ["*Wall time on a CPU shared with other jobs whose load changed between rows: an order "
+              "of magnitude, not a comparison between rows.", ""]
+    return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

@@ -37,26 +37,35 @@ except ImportError:  # copied next to schedule.py, outside the jdm package
     from schedule import NoiseSchedule, randn_like
 
 __all__ = ["EpsFn", "Guidance", "sample_loop", "guided_eps", "representation_guided_eps",
-           "representation_x0_guided_eps", "classifier_guided_eps", "check_targets",
-           "GUIDANCE_KINDS", "REPRESENTATION_LEVELS", "DEFAULT_SCALES", "DEFAULT_LEVELS",
+           "representation_x0_guided_eps", "representation_step", "classifier_guided_eps", "check_targets",
+           "GUIDANCE_KINDS", "REPRESENTATION_LEVELS", "GRADIENT_RULES", "DIRECTIONS",
+           "DEFAULT_SCALES", "DEFAULT_LEVELS", "DEFAULT_RULES",
            "DEFAULT_DDIM_STEPS", "DEFAULT_CONDITIONAL_ETA", "DEFAULT_GUIDANCE"]
 
 GUIDANCE_KINDS = ("representation", "representation-x0", "classifier")
 """The conditional samplers: the paper's (optimised representations), its x̂₀ variant, and
 classifier guidance."""
 
-REPRESENTATION_LEVELS = ("all", "lowest")
+REPRESENTATION_LEVELS = ("all", "lowest", "highest")
 """Which encoder features a representation sampler moves: every map (the bottleneck and every
-skip, as the paper and the authors' code do) or only those at the lowest resolution."""
+skip, as the paper and the authors' code do), or only those at the lowest or highest resolution."""
 
-DEFAULT_SCALES = {"representation": 1000.0, "representation-x0": 1000.0, "classifier": 100.0}
-"""γ (representation samplers) or s (classifier guidance) when ``Guidance.scale`` is None.
+GRADIENT_RULES = ("total", "direct")
+"""How a representation sampler differentiates each map: its total derivative through the encoder
+graph (the authors' ``retain_grad`` + ``backward``) or its direct pooled path only (an ablation)."""
 
-Measured on ``joint-fmnist-small`` with the evaluator, DDIM-50, η = 1 (``DEFAULT_GUIDANCE`` has
-the table and the command). The paper's γ: the authors' script uses ``sampling_lr`` 1000 with a
-summed cross-entropy, as here. Classifier guidance needs a large s because ∇ log p of this small
-head is small.
-"""
+DIRECTIONS = ("descent", "ascent")
+"""Which way a representation sampler steps on the head's log p(target | z): down it, as the
+authors' ``+ sampling_lr · ∇CE`` does, or up it (an ablation for the head on z_t)."""
+
+DEFAULT_SCALES = {"representation": 100.0, "representation-x0": 1000.0, "classifier": 100.0}
+"""γ (representation samplers) or s (classifier guidance) when ``Guidance.scale`` is None: the
+best of each sampler's sweep on the shipped models (``docs/samplers.md``; the authors' script
+defaults to γ = 1000 with the same summed cross-entropy)."""
+
+DEFAULT_RULES = {"representation": ("total", "descent"), "representation-x0": ("direct", "ascent")}
+"""(gradient, direction) when ``Guidance.gradient``/``direction`` are None: the authors' rule for
+the paper's sampler; for the x̂₀ variant, whose gradient runs through the decoder, the ascent."""
 
 DEFAULT_LEVELS = {"representation": "all", "representation-x0": "lowest"}
 """Which features move when ``Guidance.levels`` is None: every map for the paper's sampler (as
@@ -118,7 +127,11 @@ class Guidance:
         scale: γ (representation samplers) or s (classifier guidance), >= 0 (0: unconditional);
             None: ``DEFAULT_SCALES[kind]``.
         inner_steps: feature updates per reverse step (representation samplers), >= 1.
-        levels: ``"all"`` or ``"lowest"`` (representation samplers); None: ``DEFAULT_LEVELS``.
+        levels: ``"all"``, ``"lowest"`` or ``"highest"`` (representation samplers); None:
+            ``DEFAULT_LEVELS``.
+        gradient: ``"total"`` or ``"direct"`` (representation samplers); None: ``DEFAULT_RULES``.
+        direction: ``"descent"`` or ``"ascent"`` on log p (representation samplers); None:
+            ``DEFAULT_RULES``.
         eta: DDIM η of the conditional reverse process, in [0, 1]; None: the entry point's
             default (``DEFAULT_CONDITIONAL_ETA`` for samples; ``jdm.counterfactual`` uses
             ``DEFAULT_INVERSION_ETA`` after DDIM inversion, whose result fresh noise would wash out).
@@ -137,8 +150,17 @@ class Guidance:
         "help": "representation samplers: feature updates per reverse step"})
     levels: str | None = field(default=None, metadata={
         "choices": REPRESENTATION_LEVELS,
-        "help": "representation samplers: move every feature map or only the lowest-resolution "
-                "ones (default: jdm.sampling.DEFAULT_LEVELS)"})
+        "help": "representation samplers: move every feature map, or only the lowest- or "
+                "highest-resolution ones (default: jdm.sampling.DEFAULT_LEVELS)"})
+    gradient: str | None = field(default=None, metadata={
+        "choices": GRADIENT_RULES,
+        "help": "representation samplers: each map's total derivative through the encoder "
+                "(the authors') or its direct pooled path only (default: "
+                "jdm.sampling.DEFAULT_RULES)"})
+    direction: str | None = field(default=None, metadata={
+        "choices": DIRECTIONS,
+        "help": "representation samplers: step down the head's log p(target | z) as the "
+                "authors' +lr*grad(CE) does, or up it (default: jdm.sampling.DEFAULT_RULES)"})
     eta: float | None = field(default=None, metadata={
         "help": "DDIM noise of the conditional reverse process, 0 (deterministic) … 1 (default: "
                 "jdm.sampling.DEFAULT_CONDITIONAL_ETA for samples; for counterfactuals "
@@ -149,13 +171,17 @@ class Guidance:
         if self.kind not in ("auto", *GUIDANCE_KINDS):
             raise ValueError(f"guidance kind must be one of {('auto', *GUIDANCE_KINDS)}, "
                              f"got {self.kind!r}")
-        if self.scale is not None and not self.scale >= 0:  # also rejects NaN
-            raise ValueError(f"guidance scale must be >= 0, got {self.scale}")
+        if self.scale is not None and not 0 <= self.scale < float("inf"):  # also rejects NaN
+            raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) \
                 or self.inner_steps < 1:
             raise ValueError(f"inner_steps must be an int >= 1, got {self.inner_steps!r}")
         if self.levels is not None and self.levels not in REPRESENTATION_LEVELS:
             raise ValueError(f"levels must be one of {REPRESENTATION_LEVELS}, got {self.levels!r}")
+        if self.gradient is not None and self.gradient not in GRADIENT_RULES:
+            raise ValueError(f"gradient must be one of {GRADIENT_RULES}, got {self.gradient!r}")
+        if self.direction is not None and self.direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
         if self.eta is not None and not 0.0 <= self.eta <= 1.0:  # also rejects NaN
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
 
@@ -172,14 +198,18 @@ class Guidance:
                          f"got {type(value).__name__}")
 
     def resolve(self, noise_aware: bool) -> "Guidance":
-        """This guidance with ``kind``, ``scale`` and ``levels`` filled in for a model whose head
-        is (or is not) noise-aware."""
+        """This guidance with ``kind``, ``scale``, ``levels``, ``gradient`` and ``direction`` filled
+        in for a model whose head is (or is not) noise-aware."""
         kind = self.kind if self.kind != "auto" else (
             "classifier" if noise_aware else "representation")
-        return replace(self, kind=kind,
-                       scale=DEFAULT_SCALES[kind] if self.scale is None else float(self.scale),
-                       levels=self.levels if self.levels is not None or kind == "classifier"
-                       else DEFAULT_LEVELS[kind])
+        scale = DEFAULT_SCALES[kind] if self.scale is None else float(self.scale)
+        if kind == "classifier":
+            return replace(self, kind=kind, scale=scale)
+        gradient, direction = DEFAULT_RULES[kind]
+        return replace(self, kind=kind, scale=scale,
+                       levels=DEFAULT_LEVELS[kind] if self.levels is None else self.levels,
+                       gradient=gradient if self.gradient is None else self.gradient,
+                       direction=direction if self.direction is None else self.direction)
 
 
 def sample_loop(
@@ -288,14 +318,16 @@ def check_targets(target: Tensor | int, n: int, num_classes: int,
 
 
 def _log_prob(logits: Tensor, target: Tensor) -> Tensor:
-    """Σ_i log softmax(logits_i)[target_i]: a scalar whose gradient is each example's own."""
+    """Σ_i log softmax(logits_i)[target_i] = −CE summed over the batch: a scalar whose gradient
+    is each example's own (the authors' ``CrossEntropyLoss(reduction="sum")``, negated)."""
     return logits.log_softmax(1).gather(1, target[:, None]).sum()
 
 
 def _moved(maps: list[Tensor], levels: str) -> list[int]:
     """Indices into [bottleneck, *skips] of the maps a representation sampler moves."""
-    lowest = min(m.shape[-1] for m in maps)
-    return [i for i, m in enumerate(maps) if levels == "all" or m.shape[-1] == lowest]
+    sizes = [m.shape[-1] for m in maps]
+    keep = {"all": None, "lowest": min(sizes), "highest": max(sizes)}[levels]
+    return [i for i, size in enumerate(sizes) if keep is None or size == keep]
 
 
 def _features(like, maps: list[Tensor]):
@@ -304,45 +336,65 @@ def _features(like, maps: list[Tensor]):
 
 
 def representation_guided_eps(model, target: Tensor, *, step_size: float = DEFAULT_SCALES["representation"],
-                              inner_steps: int = 1, levels: str = "all") -> EpsFn:
-    """ε̂ from optimised representations: the paper's sampler (Deja et al. 2023, Sec. 3.2).
+                              inner_steps: int = 1, levels: str = "all", gradient: str = "total",
+                              direction: str = "descent") -> EpsFn:
+    """ε̂ from optimised representations: the paper's sampler (Deja et al. 2023, Sec. 3.2), as
+    the authors' ``scripts/image_sample_with_classifier.py`` runs it.
 
     At every reverse step the encoder runs once, z_t = e_ν(x_t, t) (the bottleneck and every
-    skip). The classifier head reads z_t *itself* (for a noise-aware head, these are the noisy
-    features it was trained on; a head trained only on clean features sees inputs it never saw),
-    and ``inner_steps`` times
+    skip), in one graph. The classifier head reads z_t itself, and ``inner_steps`` times
 
-        z_t ← z_t + γ · ∇_{z_t} log p_ω(target | z_t),
+        z_t ← z_t + γ · dCE(target, head(z_t)) / dz_t        (gradient="total", direction="descent")
 
-    then ε̂ = d_ψ(z_t, t) goes to the DDPM/DDIM step. Only the features move; the UNet and the head
-    stay as trained. The head sees average-pooled maps, so each step shifts every moved channel
-    by a constant over its spatial positions; the decoder turns that into the picture.
+    with CE summed over the batch; then ε̂ = d_ψ(z_t, t) goes to the DDPM/DDIM step. Only the
+    features move; the UNet and the head stay as trained.
 
-    Sign: the authors' released script (``image_sample_with_classifier.py``) adds
-    ``+ sampling_lr · ∇ CE`` (with CE summed over the batch), i.e. it moves *away* from the target
-    as written; jdm ascends log p(target), which ``tests/test_guidance.py`` proves raises the
-    target's probability. Their ``sampling_lr`` default, 1000, is this γ.
+    Which gradient (``gradient``): ``"total"`` is the authors' ``retain_grad()`` + one
+    ``backward()``: a skip's derivative also flows through every later encoder block and the middle
+    block into the maps after it, so it varies across positions. ``"direct"`` (an ablation)
+    detaches each map first: only its pooled path into the head, a constant per channel.
+    Which sign (``direction``): ``"descent"`` is the authors' ``+ sampling_lr · ∇CE``, down the
+    head's log p(target | z_t); the decoder outputs the *noise* ε̂, and x̂₀ = (x_t − √(1−ᾱ)·ε̂)/√ᾱ
+    subtracts it, so features that carry less of the class make x̂₀ carry more (notebook 06).
+    ``"ascent"`` (an ablation) climbs log p. Measured: ``docs/samplers.md``.
 
     Args:
         model: ``unet.encode``/``unet.decode``, ``head``, ``schedule`` (a ``JointDiffusion``), in
             eval mode.
         target: (N,) long, the class of each image in the batch.
         step_size: γ >= 0 (0 gives the unconditional ε̂ exactly).
-        inner_steps: feature updates per reverse step (>= 1).
-        levels: ``"all"`` (as the paper) or ``"lowest"`` (``REPRESENTATION_LEVELS``).
+        inner_steps: feature updates per reverse step (>= 1); the authors take one.
+        levels: ``"all"`` (as the paper), ``"lowest"`` or ``"highest"`` resolution only.
+        gradient: ``"total"`` (the authors') or ``"direct"`` (``GRADIENT_RULES``).
+        direction: ``"descent"`` (the authors') or ``"ascent"`` (``DIRECTIONS``).
 
     Returns:
         ``eps_fn(x_t (N, C, H, W), t (N,)) → ε̂ (N, C, H, W)`` for ``sample_loop``.
     """
-    def objective(feats, x_t: Tensor, t: Tensor) -> tuple[Tensor, float]:
-        return _log_prob(model.head(feats), target), 1.0  # the head on z_t itself
+    return _moved_eps(model, _head_on_z(model, target), step_size, inner_steps, levels,
+                      gradient, direction)
 
-    return _feature_ascent_eps(model, objective, step_size, inner_steps, levels)
+
+def representation_step(model, target: Tensor, x_t: Tensor, t: Tensor, *,
+                        step_size: float = DEFAULT_SCALES["representation"], inner_steps: int = 1,
+                        levels: str = "all", gradient: str = "total", direction: str = "descent"):
+    """One reverse step's feature update of the paper's sampler, for looking at it.
+
+    Args: as ``representation_guided_eps``, with x_t (N, C, H, W) and t (N,).
+
+    Returns:
+        ``(z_t, moved)``: the encoder's ``Features`` of x_t and the same maps after the update
+        (both detached; ``representation_guided_eps`` decodes ``moved`` to ε̂).
+    """
+    _check_step(step_size, inner_steps, levels, gradient, direction)
+    return _move_features(model, _head_on_z(model, target), x_t, t, step_size, inner_steps, levels,
+                          gradient, direction)
 
 
 def representation_x0_guided_eps(model, target: Tensor, *,
                                  step_size: float = DEFAULT_SCALES["representation-x0"],
-                                 inner_steps: int = 1, levels: str = "lowest") -> EpsFn:
+                                 inner_steps: int = 1, levels: str = "lowest",
+                                 gradient: str = "direct", direction: str = "ascent") -> EpsFn:
     """ε̂ from optimised representations judged through x̂₀: a jdm variant of the paper's sampler.
 
     As ``representation_guided_eps``, but the head judges the clean image the moved features
@@ -351,13 +403,12 @@ def representation_x0_guided_eps(model, target: Tensor, *,
         ε̂ = d_ψ(z, t),   x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t,
         z ← z + γ · √(1−ᾱ_t) · ∇_z log p_ω(target | e_ν(x̂_0, 0)).
 
-    The gradient reaches z through the decoder, so the change is one the decoder knows how to
-    draw, and a head that never saw noisy features still judges in distribution. The √(1−ᾱ_t)
-    factor, as in classifier guidance, fades the push out as the noise goes. Costs a decoder, an
-    encoder and their backward pass per inner step.
+    The gradient reaches z through the decoder, so here climbing log p (``direction="ascent"``)
+    is the move towards the target. The √(1−ᾱ_t) factor, as in classifier guidance, fades the
+    push out as the noise goes. Costs a decoder, an encoder and their backward pass per inner step.
 
-    Args and returns as ``representation_guided_eps`` (``levels`` default ``"lowest"``, see
-    ``DEFAULT_LEVELS``).
+    Args and returns as ``representation_guided_eps`` (defaults: ``levels="lowest"``, see
+    ``DEFAULT_LEVELS``; the direct gradient and ascent).
     """
     schedule = model.schedule
 
@@ -367,41 +418,74 @@ def representation_x0_guided_eps(model, target: Tensor, *,
         sigma = (1 - schedule.alpha_bars.to(x_t.device)[t]).sqrt().reshape(-1, 1, 1, 1)
         return log_p, sigma  # the head judges x̂_0 at t = 0; the push fades with the noise
 
-    return _feature_ascent_eps(model, objective, step_size, inner_steps, levels)
+    return _moved_eps(model, objective, step_size, inner_steps, levels, gradient, direction)
 
 
-def _feature_ascent_eps(model, objective, step_size: float, inner_steps: int, levels: str) -> EpsFn:
-    """The representation samplers' shared body: encode x_t once, then ``inner_steps`` times move
-    the chosen feature maps up ``objective``'s log-probability, z ← z + γ · weight · ∇_z log p,
-    where ``objective(features, x_t, t) -> (log p summed over the batch, weight)``; decode."""
-    _check_step(step_size, inner_steps, levels)
+def _head_on_z(model, target: Tensor):
+    """The paper's objective: log p(target | head(z_t)) of the moved maps themselves, weight 1."""
+    def objective(feats, x_t: Tensor, t: Tensor) -> tuple[Tensor, float]:
+        return _log_prob(model.head(feats), target), 1.0
+    return objective
+
+
+def _moved_eps(model, objective, step_size: float, inner_steps: int, levels: str, gradient: str,
+               direction: str) -> EpsFn:
+    """ε̂ = d_ψ(moved z_t, t), the features moved by ``_move_features``; γ = 0: the plain ε̂."""
+    _check_step(step_size, inner_steps, levels, gradient, direction)
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        if step_size == 0:
+            with torch.no_grad():
+                return model.unet(x_t, t)
+        _, moved = _move_features(model, objective, x_t, t, step_size, inner_steps, levels,
+                                  gradient, direction)
         with torch.no_grad():
-            feats = model.unet.encode(x_t, t)
-        z = [feats.bottleneck, *feats.skips]
-        moved = _moved(z, levels)
-        if step_size > 0:
-            with torch.enable_grad():
-                for _ in range(inner_steps):
-                    z = [m.detach().requires_grad_(i in moved) for i, m in enumerate(z)]
-                    log_p, weight = objective(_features(feats, z), x_t, t)
-                    grads = torch.autograd.grad(log_p, [z[i] for i in moved])
-                    for i, g in zip(moved, grads):
-                        z[i] = z[i] + step_size * weight * g  # ascent: towards the target
-        with torch.no_grad():
-            return model.unet.decode(_features(feats, z), t)
+            return model.unet.decode(moved, t)
 
     return eps_fn
 
 
-def _check_step(step_size: float, inner_steps: int, levels: str) -> None:
-    if not step_size >= 0:
-        raise ValueError(f"step_size must be >= 0, got {step_size}")
+def _move_features(model, objective, x_t: Tensor, t: Tensor, step_size: float, inner_steps: int,
+                   levels: str, gradient: str, direction: str):
+    """The representation samplers' shared body: encode x_t once, then ``inner_steps`` times move
+    the chosen maps, z ← z ± γ · weight · ∂ log p / ∂z, where ``objective(features, x_t, t) ->
+    (log p summed over the batch, weight)`` reads the moved maps. Returns (z_t, moved) detached.
+
+    The moves are offsets δ added to the encoder's maps, m = z + δ, and the derivative is taken
+    with respect to z: with ``gradient="total"`` z stays in the encoder's graph, so ∂/∂z of a skip
+    also runs through every later block into the maps after it (for one inner step, exactly the
+    authors' ``retain_grad()`` + ``backward()``); with ``"direct"`` each z is a detached leaf."""
+    sign = 1.0 if direction == "ascent" else -1.0  # descent of log p = the authors' +γ·∇CE
+    with torch.enable_grad():
+        # x_t as a leaf that wants a gradient, so the encoder's graph exists even when the
+        # model's own parameters are frozen; only the maps' gradients are ever computed
+        feats = model.unet.encode(x_t.detach().requires_grad_(gradient == "total"), t)
+        z = [feats.bottleneck, *feats.skips]
+        if gradient == "direct":
+            z = [m.detach().requires_grad_(True) for m in z]
+        moved = _moved(z, levels)
+        offsets = [torch.zeros_like(m) for m in z]
+        for k in range(inner_steps):
+            maps = [m + d for m, d in zip(z, offsets)]
+            log_p, weight = objective(_features(feats, maps), x_t, t)
+            grads = torch.autograd.grad(log_p, [z[i] for i in moved],
+                                        retain_graph=k + 1 < inner_steps)
+            for i, g in zip(moved, grads):
+                offsets[i] = offsets[i] + sign * step_size * weight * g
+    z = [m.detach() for m in z]
+    return _features(feats, z), _features(feats, [m + d for m, d in zip(z, offsets)])
+
+
+def _check_step(step_size: float, inner_steps: int, levels: str, gradient: str, direction: str) -> None:
+    if not 0 <= step_size < float("inf"):
+        raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
     if inner_steps < 1:
         raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
-    if levels not in REPRESENTATION_LEVELS:
-        raise ValueError(f"levels must be one of {REPRESENTATION_LEVELS}, got {levels!r}")
+    for name, value, allowed in (("levels", levels, REPRESENTATION_LEVELS),
+                                 ("gradient", gradient, GRADIENT_RULES),
+                                 ("direction", direction, DIRECTIONS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
 def classifier_guided_eps(model, target: Tensor, *,
@@ -469,4 +553,5 @@ def guided_eps(model, target: Tensor | int, n: int, guidance: Guidance | str | N
                           stacklevel=2)
         return classifier_guided_eps(model, target, scale=g.scale)
     sampler = representation_guided_eps if g.kind == "representation" else representation_x0_guided_eps
-    return sampler(model, target, step_size=g.scale, inner_steps=g.inner_steps, levels=g.levels)
+    return sampler(model, target, step_size=g.scale, inner_steps=g.inner_steps, levels=g.levels,
+                   gradient=g.gradient, direction=g.direction)

@@ -2,27 +2,33 @@
 import pytest
 import torch
 
+import jdm.checks
+
 from check_cases import assert_check_behaves
 from jdm.unet import Features
 
 
 # ----------------------------------------------------------------------------- 6.1 the paper's step
-def paper_eps_with(sign=1.0, only_bottleneck=False, reduce="sum", normalise=True, decode_moved=True):
-    """The paper's step, or one of the mistakes a student makes writing it."""
+def paper_eps_with(sign=1.0, rule="total", only_bottleneck=False, reduce="sum", normalise=True,
+                   decode_moved=True):
+    """The authors' step (+γ·∇CE with each map's total derivative), or one of the mistakes a
+    student makes writing it, written the way a student would (retain_grad + backward)."""
     def make(model, target, step_size):
         def eps_fn(x_t, t):
-            with torch.no_grad():
-                feats = model.unet.encode(x_t, t)
-            maps = [feats.bottleneck, *feats.skips]
-            z = [m.detach().requires_grad_(i == 0 or not only_bottleneck) for i, m in enumerate(maps)]
             with torch.enable_grad():
-                logits = model.head(Features(z[0], z[1:]))
+                feats = model.unet.encode(x_t, t)
+                maps = [feats.bottleneck, *feats.skips]
+                if rule == "direct":
+                    maps = [m.detach().requires_grad_(True) for m in maps]
+                moving = maps[:1] if only_bottleneck else maps
+                for m in moving:
+                    m.retain_grad()
+                logits = model.head(Features(maps[0], maps[1:]))
                 scores = logits.log_softmax(1) if normalise else logits
-                picked = scores[torch.arange(len(target)), target]
-                objective = picked.sum() if reduce == "sum" else picked.mean()
-                moving = [m for m in z if m.requires_grad]
-                grads = iter(torch.autograd.grad(objective, moving))
-            moved = [m + sign * step_size * next(grads) if m.requires_grad else m for m in z]
+                picked = -scores[torch.arange(len(target)), target]     # the cross-entropy
+                (picked.sum() if reduce == "sum" else picked.mean()).backward()
+            moved = [m + sign * step_size * m.grad if i < len(moving) else m for i, m in enumerate(maps)]
+            model.zero_grad()
             with torch.no_grad():
                 out = moved if decode_moved else maps
                 return model.unet.decode(Features(out[0], out[1:]), t)
@@ -96,7 +102,9 @@ def frechet_mean_not_squared(a, b):          # |μ_a − μ_b| instead of |μ_a 
 
 
 CASES = {
-    "paper_eps": (paper_eps_with(), [paper_eps_with(sign=-1.0), paper_eps_with(only_bottleneck=True),
+    "paper_eps": (paper_eps_with(), [paper_eps_with(sign=-1.0), paper_eps_with(rule="direct"),
+                                     paper_eps_with(rule="direct", sign=-1.0),
+                                     paper_eps_with(only_bottleneck=True),
                                      paper_eps_with(reduce="mean"), paper_eps_with(normalise=False),
                                      paper_eps_with(decode_moved=False)]),
     "guidance_shift": (guided_eps, [guided_eps_plus, guided_eps_no_sqrt, guided_eps_alpha_not_bar,
@@ -109,3 +117,14 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_check(name):
     assert_check_behaves(name, *CASES[name])
+
+
+@pytest.mark.parametrize("wrong, named", [
+    (dict(sign=-1.0), "steps up log p"), (dict(rule="direct"), "direct rule"),
+    (dict(rule="direct", sign=-1.0), "both the rule and the sign"),
+    (dict(normalise=False), "raw logits"), (dict(reduce="mean"), "averages over the batch"),
+    (dict(only_bottleneck=True), "only the bottleneck"), (dict(decode_moved=False), "not the moved ones"),
+])
+def test_paper_eps_names_each_mistake(wrong, named):
+    with pytest.raises(AssertionError, match=named):
+        jdm.checks.paper_eps(paper_eps_with(**wrong))

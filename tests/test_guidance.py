@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from jdm.joint import JointDiffusion
-from jdm.sampling import (DEFAULT_LEVELS, DEFAULT_SCALES, Guidance, check_targets,
-                          classifier_guided_eps, guided_eps, representation_guided_eps,
+from jdm.sampling import (DEFAULT_LEVELS, DEFAULT_RULES, DEFAULT_SCALES, Guidance,
+                          check_targets, classifier_guided_eps, guided_eps,
+                          representation_guided_eps, representation_step,
                           representation_x0_guided_eps)
 from jdm.schedule import NoiseSchedule
 from jdm.unet import UNET_PRESETS, Features, UNet
@@ -31,38 +32,95 @@ def x0_log_prob(model, x_t, t, feats, target):
 
 
 def moved_features(model, x_t, t, target, step):
-    """The paper's update z ← z + step·∇_z log p(target | z) on every map, by hand."""
+    """The direct rule by hand: each map a detached leaf, z ← z + step·∇_z log p(target | z)."""
     feats = model.unet.encode(x_t, t)
     z = [m.detach().clone().requires_grad_(True) for m in (feats.bottleneck, *feats.skips)]
     grads = torch.autograd.grad(z_log_prob(model, Features(z[0], z[1:]), target).sum(), z)
     return feats, Features(*(lambda m: (m[0], m[1:]))([m + step * g for m, g in zip(z, grads)]))
 
 
-def test_paper_sampler_is_the_head_on_z_gradient_step_then_decode():
-    """The paper's sampler as written: ε̂ = d(z + γ∇_z log p(y | z), t) with the head on z_t itself."""
+def authors_eps(model, x_t, t, target, lr):
+    """The authors' ``image_sample_with_classifier.py`` step, line for line: one graph,
+    ``retain_grad()`` on the bottleneck and every skip, summed CE, ``backward()``, then
+    ``h + lr·h.grad`` and ``hs_i + lr·hs_i.grad``, decoded (their ``finalise_forward``)."""
+    h, hs = model.unet.encode(x_t, t)
+    h.retain_grad()
+    for _hs in hs:
+        _hs.retain_grad()
+    loss = torch.nn.CrossEntropyLoss(reduction="sum")(model.head(Features(h, hs)), target)
+    loss.backward()
+    model.zero_grad()
+    with torch.no_grad():
+        return model.unet.decode(Features(h + lr * h.grad, [_hs + lr * _hs.grad for _hs in hs]), t)
+
+
+def test_paper_sampler_is_the_authors_retain_grad_step():
+    """kind="representation" computes what the authors' script computes: the total derivative of
+    the summed CE with respect to every map, stepped with their sign (+γ·∇CE)."""
     model = make()
     x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
-    _, moved = moved_features(model, x_t, t, target, 7.0)
-    with torch.no_grad():
-        expected = model.unet.decode(moved, t)
-    got = representation_guided_eps(model, target, step_size=7.0, levels="all")(x_t, t)
+    expected = authors_eps(model, x_t, t, target, 7.0)
+    got = representation_guided_eps(model, target, step_size=7.0)(x_t, t)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    via_guidance = guided_eps(model, target, 3, Guidance("representation", scale=7.0))(x_t, t)
+    torch.testing.assert_close(via_guidance, expected, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
 
 
-def test_paper_sampler_sign_raises_log_p_of_the_target():
-    """The sign test: the step raises log p(target | z_t) for every example and target, and the
-    same step negated lowers it (the released script's +γ∇CE would be the negated one)."""
+def test_direct_rule_is_the_detached_step():
+    """The ablations: gradient="direct" detaches each map (its pooled path only); direction
+    flips the sign, so direct + ascent is the rule jdm used before."""
     model = make()
-    x_t = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    t = torch.full((8,), 30)
-    for c in range(3):
-        target = torch.full((8,), c)
-        feats, up = moved_features(model, x_t, t, target, 0.5)
-        _, down = moved_features(model, x_t, t, target, -0.5)
+    x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
+    for direction, step in (("ascent", 7.0), ("descent", -7.0)):
+        _, moved = moved_features(model, x_t, t, target, step)
         with torch.no_grad():
-            before = z_log_prob(model, feats, target)
-            assert (z_log_prob(model, up, target) > before).all()
-            assert (z_log_prob(model, down, target) < before).all()
+            expected = model.unet.decode(moved, t)
+        got = representation_guided_eps(model, target, step_size=7.0, gradient="direct",
+                                        direction=direction)(x_t, t)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_total_and_direct_rules_agree_on_the_last_map_and_differ_on_the_first_skip():
+    """Nothing in the encoder comes after the bottleneck, so both rules give it the same update;
+    the first skip feeds every later block, so its total derivative differs and varies across
+    positions, while the direct one is a constant per channel (the pooled path only)."""
+    model = make()
+    x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
+    z, total = representation_step(model, target, x_t, t, step_size=1.0, gradient="total")
+    _, direct = representation_step(model, target, x_t, t, step_size=1.0, gradient="direct")
+    torch.testing.assert_close(total.bottleneck, direct.bottleneck, rtol=1e-4, atol=1e-7)
+    d_total, d_direct = total.skips[0] - z.skips[0], direct.skips[0] - z.skips[0]
+    assert not torch.allclose(d_total, d_direct, rtol=1e-3, atol=1e-7)
+    spread = lambda d: (d - d.mean((2, 3), keepdim=True)).norm() / d.norm()  # noqa: E731
+    assert spread(d_direct) < 1e-3 < 0.1 < spread(d_total)  # 1e-3: float rounding of z + δ − z
+
+
+@pytest.mark.parametrize("levels", ["lowest", "highest"])
+def test_levels_move_only_their_resolution(levels):
+    model = make()
+    x_t, t, target = torch.randn(2, 1, 28, 28), torch.full((2,), 25), torch.tensor([1, 4])
+    z, moved = representation_step(model, target, x_t, t, step_size=1.0, levels=levels)
+    maps, after = [z.bottleneck, *z.skips], [moved.bottleneck, *moved.skips]
+    size = {"lowest": min, "highest": max}[levels](m.shape[-1] for m in maps)
+    changed = [not torch.equal(a, b) for a, b in zip(maps, after)]
+    assert changed == [m.shape[-1] == size for m in maps] and 0 < sum(changed) < len(maps)
+
+
+def test_inner_steps_keep_the_total_derivative_of_the_moved_maps():
+    """Two inner steps: the second gradient is taken at the moved maps, still through the graph."""
+    model = make()
+    x_t, t, target = torch.randn(2, 1, 28, 28), torch.full((2,), 25), torch.tensor([1, 4])
+    z, one = representation_step(model, target, x_t, t, step_size=3.0)
+    feats = model.unet.encode(x_t, t)
+    maps = [feats.bottleneck, *feats.skips]
+    first = [a - b for a, b in zip([one.bottleneck, *one.skips], [z.bottleneck, *z.skips])]
+    moved = [m + d for m, d in zip(maps, first)]
+    loss = torch.nn.CrossEntropyLoss(reduction="sum")(model.head(Features(moved[0], moved[1:])), target)
+    second = torch.autograd.grad(loss, maps)
+    _, two = representation_step(model, target, x_t, t, step_size=3.0, inner_steps=2)
+    for got, m, d, g in zip([two.bottleneck, *two.skips], maps, first, second):
+        torch.testing.assert_close(got, (m + d + 3.0 * g).detach(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("levels", ["lowest", "all"])
@@ -164,11 +222,14 @@ def test_guidance_changes_what_the_model_samples(kind):
 
 
 def test_guidance_defaults_are_defined_once_and_resolved_per_model():
-    assert Guidance().resolve(noise_aware=True) == Guidance(
-        "classifier", DEFAULT_SCALES["classifier"], 1, None, None)
-    paper = Guidance().resolve(noise_aware=False)
+    assert Guidance("classifier").resolve(noise_aware=True) == Guidance(
+        "classifier", DEFAULT_SCALES["classifier"], 1, None, None, None, None)
+    paper = Guidance("representation").resolve(noise_aware=False)
     assert paper.kind == "representation" and paper.levels == DEFAULT_LEVELS["representation"] == "all"
     assert paper.scale == DEFAULT_SCALES["representation"]
+    assert (paper.gradient, paper.direction) == DEFAULT_RULES["representation"] == ("total", "descent")
+    x0 = Guidance("representation-x0", gradient="total").resolve(True)
+    assert (x0.gradient, x0.direction) == ("total", DEFAULT_RULES["representation-x0"][1])
     assert Guidance("representation-x0").resolve(True).levels == DEFAULT_LEVELS["representation-x0"]
     assert Guidance(scale=3).resolve(True).scale == 3.0
     assert Guidance.of("classifier") == Guidance("classifier") and Guidance.of(None) == Guidance()
@@ -219,6 +280,9 @@ def test_bad_targets_are_refused(bad):
     (lambda: Guidance("classifier", scale=float("nan")), "scale"),
     (lambda: Guidance(inner_steps=0), "inner_steps"),
     (lambda: Guidance(levels="middle"), "levels"),
+    (lambda: Guidance("classifier", scale=float("inf")), "finite"),
+    (lambda: Guidance(gradient="partial"), "gradient"),
+    (lambda: Guidance(direction="up"), "direction"),
     (lambda: Guidance(eta=1.5), "eta"),
     (lambda: Guidance.of(3), "guidance must be"),
 ])

@@ -13,7 +13,7 @@ from ..joint import JointDiffusion
 from ..metrics import frechet_distance
 from ..sampling import classifier_guided_eps, representation_guided_eps
 from ..schedule import NoiseSchedule
-from ..unet import UNet, UNetConfig
+from ..unet import Features, UNet, UNetConfig
 from .harness import as_tensor, exercise, expect_close, expect_unchanged, fail
 
 __all__ = ["paper_eps", "guidance_shift", "frechet"]
@@ -40,10 +40,55 @@ def _call_eps_fn(make_eps_fn, what: str, *args):
     return eps_fn
 
 
+def _paper_step_variant(model, target, gamma, x_t, t, *, gradient="total", direction="descent",
+                        scores="log_softmax", reduce="sum", moved="all"):
+    """ε̂ of the paper's step (the defaults: the authors' rule) or of one named mistake in it."""
+    with torch.enable_grad():
+        feats = model.unet.encode(x_t.detach().requires_grad_(gradient == "total"), t)
+        z = [feats.bottleneck, *feats.skips]
+        if gradient == "direct":
+            z = [m.detach().requires_grad_(True) for m in z]
+        logits = model.head(Features(z[0], z[1:]))
+        picked = (logits.log_softmax(1) if scores == "log_softmax" else logits)[torch.arange(len(t)), target]
+        objective = picked.sum() if reduce == "sum" else picked.mean()
+        moving = z[:1] if moved == "bottleneck" else z
+        grads = list(torch.autograd.grad(objective, moving))
+    sign = 1.0 if direction == "ascent" else -1.0  # the objective is log p: descent = +γ·∇CE
+    maps = [m.detach() + (sign * gamma * grads[i] if i < len(grads) and moved != "none" else 0)
+            for i, m in enumerate(z)]
+    with torch.no_grad():
+        return model.unet.decode(Features(maps[0], maps[1:]), t)
+
+
+PAPER_STEP_MISTAKES = {
+    "steps up log p(target | z) (ascent); the authors add +γ·∇CE, which steps *down* it":
+        dict(direction="ascent"),
+    "detaches each map before the head (the direct rule, a constant per channel); the authors take "
+    "each map's total derivative in the encoder's one graph (retain_grad + backward, or "
+    "torch.autograd.grad with respect to the maps the encoder returned)":
+        dict(gradient="direct"),
+    "detaches each map (the direct rule) and steps up log p: both the rule and the sign differ "
+    "from the authors'": dict(gradient="direct", direction="ascent"),
+    "differentiates the raw logits; the cross-entropy uses log-probabilities (log_softmax)":
+        dict(scores="logits"),
+    "averages over the batch; the authors' CrossEntropyLoss(reduction='sum') sums, so each "
+    "image's step does not shrink with the batch size": dict(reduce="mean"),
+    "moves only the bottleneck; the authors move every skip too": dict(moved="bottleneck"),
+    "decodes the features it was given, not the moved ones": dict(moved="none"),
+}
+
+
+def _close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
+    a = torch.as_tensor(a)
+    return a.shape == b.shape and bool(torch.isfinite(a).all()) and torch.allclose(
+        a.detach().double().cpu(), b.detach().double().cpu(), rtol=rtol, atol=atol)
+
+
 @exercise("Exercise 6.1 — the paper's representation step")
 def paper_eps(my_paper_eps) -> int:
     """``my_paper_eps(model, target, step_size)(x_t, t) -> ε̂`` against
-    ``representation_guided_eps(model, target, step_size=…, levels="all")`` on a tiny model."""
+    ``representation_guided_eps(model, target, step_size=…)`` (the authors' rule: total derivative,
+    +γ·∇CE) on a tiny model; a mismatch that equals a known mistake is named."""
     model = tiny_joint_model()
     T = model.schedule.num_steps
     cases = [  # (t, target, γ)
@@ -55,12 +100,16 @@ def paper_eps(my_paper_eps) -> int:
     for k, (t, target, gamma) in enumerate(cases):
         x_t = _noisy_batch(len(t), seed=k)
         before = x_t.clone()
+        want = representation_guided_eps(model, target, step_size=gamma)(x_t, t)  # before theirs
         eps_fn = _call_eps_fn(my_paper_eps, "my_paper_eps(model, target, step_size)", model, target, gamma)
         got = eps_fn(x_t, t)
         expect_unchanged(before, x_t, "x_t")
-        want = representation_guided_eps(model, target, step_size=gamma, levels="all")(x_t, t)
         what = (f"ε̂ for t={t.tolist()}, target={target.tolist()}, γ={gamma:g}"
                 + (" (γ = 0 must give the unguided ε̂ = model.unet(x_t, t))" if gamma == 0 else ""))
+        if gamma > 0 and not _close(got, want):
+            for mistake, how in PAPER_STEP_MISTAKES.items():
+                if _close(got, _paper_step_variant(model, target, gamma, x_t, t, **how)):
+                    fail(f"{what}: your step {mistake}")
         expect_close(got, want, what, rtol=1e-4, atol=1e-5)
     return len(cases)
 
