@@ -24,7 +24,7 @@ from ``unet.py`` and ``classifier.py`` alone).
     x_cf = counterfactual(model, x, target=0)                 # t* per image, small changes faded
     x_cf = counterfactual(model, x, target=0, t_star=275, min_change=0.0)   # one t*, raw
     x_cf = counterfactual(model, x, target=0, start="noise", generator=torch.Generator().manual_seed(0))
-    x_cf = counterfactual(model, x, target=0, guidance=Guidance("representation", scale=300))
+    x_cf = counterfactual(model, x, target=0, guidance=Guidance("representation"))   # the paper's sampler
     diff = difference_map(x, x_cf)            # (N, H, W), signed
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ except ImportError:  # copied next to sampling.py, schedule.py and utils.py
 
 __all__ = ["counterfactual", "counterfactual_guidance", "ddim_invert", "difference_map",
            "auto_t_star", "fade_small_changes", "AUTO_T_STAR", "DEFAULT_MIN_CHANGE",
+           "DEFAULT_COUNTERFACTUAL_KIND",
            "DEFAULT_T_STAR", "DEFAULT_COUNTERFACTUAL_STEPS", "DEFAULT_COUNTERFACTUAL_SCALES",
            "DEFAULT_INVERSION_ETA", "DEFAULT_START", "STARTS"]
 
@@ -91,12 +92,16 @@ along one flip/closeness curve (``docs/counterfactuals.md``; t* = 225, classifie
 first 500 test images) — and at η = 1 the unguided round trip changes nearly as much as fresh noise.
 After fresh noise: ``DEFAULT_CONDITIONAL_ETA``, as for samples."""
 
-DEFAULT_COUNTERFACTUAL_SCALES = {"classifier": 300.0}
-"""Guidance scales for counterfactuals when ``Guidance.scale`` is None, where they differ from
-sampling's ``DEFAULT_SCALES`` (classifier guidance: 100). Like t*, the scale moves the result along
-the flip/closeness curve (``docs/counterfactuals.md``, first 500 test images, after inversion,
-η = 0.5, no fading): s = 100 flips 0.826 at mean |Δ| 0.174 (t* = 275) and 0.910 at 0.224 (t* = 350);
-s = 300 flips 0.900 at 0.200 (t* = 250) and 0.930 at 0.232 (t* = 300), a little ahead."""
+DEFAULT_COUNTERFACTUAL_KIND = "classifier"
+"""The sampler of ``guidance="auto"`` counterfactuals for a noise-aware head: on the frontier of
+``docs/counterfactuals_gpu.md`` classifier guidance flips more than the paper's sampler at the same
+closeness (a head that never saw noise gets the paper's sampler, as for samples)."""
+
+DEFAULT_COUNTERFACTUAL_SCALES = {"classifier": 300.0, "representation": 300.0}
+"""Guidance scales for counterfactuals where they differ from sampling's ``DEFAULT_SCALES``: at the
+small t* of a counterfactual both samplers need a stronger push to flip at the same closeness (the
+frontiers in ``docs/counterfactuals.md`` and ``docs/counterfactuals_gpu.md``)."""
+
 
 DEFAULT_COUNTERFACTUAL_STEPS = 20
 """DDIM steps over [0, t*] when ``steps=None``: 20 steps over t* ≈ 300 are as far apart as
@@ -298,10 +303,13 @@ def fade_small_changes(delta: Tensor, min_change: float) -> Tensor:
 def counterfactual_guidance(guidance: Guidance | str | None, noise_aware: bool,
                             start: str = DEFAULT_START) -> Guidance:
     """The ``Guidance`` a counterfactual runs with: ``guidance`` resolved for the model, with the
-    counterfactual defaults (``DEFAULT_COUNTERFACTUAL_SCALES``; η ``DEFAULT_INVERSION_ETA`` after
-    inversion, ``DEFAULT_CONDITIONAL_ETA`` after fresh noise) where it leaves a field None."""
+    counterfactual defaults (``DEFAULT_COUNTERFACTUAL_KIND`` for "auto",
+    ``DEFAULT_COUNTERFACTUAL_SCALES``; η ``DEFAULT_INVERSION_ETA`` after inversion,
+    ``DEFAULT_CONDITIONAL_ETA`` after fresh noise) where it leaves a field None."""
     g = Guidance.of(guidance)
-    kind = g.resolve(noise_aware).kind
+    if g.kind == "auto":  # counterfactuals have their own default sampler
+        g = replace(g, kind=DEFAULT_COUNTERFACTUAL_KIND if noise_aware else "representation")
+    kind = g.kind
     if g.scale is None and kind in DEFAULT_COUNTERFACTUAL_SCALES:
         g = replace(g, scale=DEFAULT_COUNTERFACTUAL_SCALES[kind])
     if g.eta is None:

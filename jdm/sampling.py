@@ -6,16 +6,17 @@ how they compute ε̂. How a conditional sampler steers is one frozen ``Guidance
 ``JointDiffusion.sample``, ``jdm.counterfactual``, ``jdm.evaluate`` and the CLI alike:
 
 * ``"representation"`` — **the paper's sampler** (Deja et al. 2023, Sec. 3.2, "conditional
-  sampling with optimised generations"; the authors' ``image_sample_with_classifier.py``): at each
-  reverse step encode z_t = e_ν(x_t, t) (the bottleneck and every skip), apply the classifier head
-  to z_t itself, step z_t ← z_t + γ ∇_{z_t} log p_ω(y | z_t), decode the moved z_t to ε̂.
+  sampling with optimised generations"), as the authors' ``image_sample_with_classifier.py`` runs
+  it: at each reverse step encode z_t = e_ν(x_t, t) (the bottleneck and every skip) in one graph,
+  apply the classifier head to z_t itself, step every map by z_t ← z_t + γ · dCE(y, head(z_t))/dz_t
+  (its total derivative; up the cross-entropy, i.e. down log p(y | z_t)), decode the moved z_t to ε̂.
 * ``"representation-x0"`` — a jdm variant of it: the head judges the clean image x̂₀ that the
   moved features imply (decode → x̂₀ → encode at t = 0 → head), so the gradient reaches z through
   the decoder.
 * ``"classifier"`` — classifier guidance (Dhariwal & Nichol 2021, Algorithm 2, ε form), the
   baseline: ε̂' = ε̂ − s · √(1 − ᾱ_t) · ∇_{x_t} log p(y | x_t, t) with the joint model's head.
 
-Measured on the shipped joint model (which sampler is the default and why): ``DEFAULT_GUIDANCE``.
+Measured, with the commands: ``docs/samplers.md`` (``benchmarks/bench_samplers.py``).
 
 Copy this file next to ``schedule.py`` and it works (torch and tqdm only); the conditional
 samplers need a model object with ``unet.encode``/``unet.decode``, ``head``, ``schedule`` and
@@ -68,22 +69,17 @@ DEFAULT_RULES = {"representation": ("total", "descent"), "representation-x0": ("
 the paper's sampler; for the x̂₀ variant, whose gradient runs through the decoder, the ascent."""
 
 DEFAULT_LEVELS = {"representation": "all", "representation-x0": "lowest"}
-"""Which features move when ``Guidance.levels`` is None: every map for the paper's sampler (as
-written); the lowest resolution for the x̂₀ variant, where moving the high-resolution skips
-draws texture that fools the head more than it changes the class (100 samples, DDIM-20:
-0.81 evaluator agreement against 0.68 at best with every map)."""
+"""Which features move when ``Guidance.levels`` is None: every map for the paper's sampler (as the
+authors do); the lowest resolution for the x̂₀ variant, whose high-resolution moves draw texture
+that fools the head more than it changes the class (``docs/samplers.md``)."""
 
 DEFAULT_DDIM_STEPS = 50
 """DDIM steps when ``steps=None`` (ancestral DDPM always visits every step)."""
 
 DEFAULT_CONDITIONAL_ETA = 1.0
-"""DDIM η of conditional sampling when ``Guidance.eta`` is not given (unconditional: η = 0).
-
-Guided deterministic DDIM (η = 0) piles the guidance's small, head-fooling changes up over the
-steps; fresh noise at every step (η = 1) washes them out. Evaluator agreement on
-``joint-fmnist-small`` (2,250 steps; notebook 06), 100 samples, DDIM-20, η = 0 against η = 1:
-x̂₀ variant 0.67 against 0.77, classifier guidance 0.91 against 0.98.
-"""
+"""DDIM η of conditional sampling when ``Guidance.eta`` is not given (unconditional: η = 0): fresh
+noise at every step washes out the small head-fooling changes that guided deterministic DDIM piles
+up (measured in notebook 06's first version: classifier guidance 0.91 at η = 0, 0.98 at η = 1)."""
 
 DEFAULT_GUIDANCE = "auto"
 """``Guidance.kind`` when none is given: classifier guidance for a model whose head is noise-aware

@@ -233,7 +233,13 @@ def test_counterfactual_defaults_fill_only_what_guidance_leaves_open():
     given = counterfactual_guidance(Guidance("classifier", scale=7.0, eta=0.2), True, "inversion")
     assert (given.scale, given.eta) == (7.0, 0.2)
     paper = counterfactual_guidance("representation", True, "inversion")
-    assert paper.scale == DEFAULT_SCALES["representation"] and paper.levels == "all"
+    assert paper.scale == DEFAULT_COUNTERFACTUAL_SCALES["representation"] != DEFAULT_SCALES["representation"]
+    assert (paper.levels, paper.gradient, paper.direction) == ("all", "total", "descent")
+    x0 = counterfactual_guidance("representation-x0", True, "inversion")  # no counterfactual scale of its own
+    assert x0.scale == DEFAULT_SCALES["representation-x0"]
+    # "auto" picks the counterfactual's own default, whatever sampling's "auto" picks
+    assert counterfactual_guidance("auto", True, "noise").kind == "classifier"
+    assert counterfactual_guidance("auto", False, "noise").kind == "representation"
 
 
 def test_counterfactual_uses_those_defaults(images):
