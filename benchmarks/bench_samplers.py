@@ -98,7 +98,7 @@ def main() -> None:
     for name, guidance, sampling in rows:
         sampling = {"steps": args.steps, **sampling}
         row = {"table": args.table, "model": args.model, "sampler": name,
-               "guidance": str(guidance.resolve(model.noise_aware)) if guidance else "none",
+               "guidance": str(guidance.resolve()) if guidance else "none",
                "per_class": args.per_class, "method": sampling.get("method", "ddim"),
                "steps": sampling["steps"], "seed": args.seed,
                **measure(model, evaluator, test_x, test_y, guidance, args.per_class, args.seed, **sampling),

@@ -547,7 +547,7 @@ def run_demo(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")  # a file, never a window
     from tqdm.auto import tqdm
 
-    from .counterfactual import counterfactual
+    from .counterfactual import counterfactual, counterfactual_guidance
     from .data import CLASS_NAMES, load_tensors
     from .evaluator import load_evaluator
     from .joint import JointDiffusion
@@ -576,7 +576,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"{resolve_name(args.model)}: test accuracy {acc:.4f} on {n:,} Fashion-MNIST test images")
 
     # 2. generate on request: the default guidance, one row per class
-    guidance = Guidance().resolve(model.noise_aware)
+    guidance = Guidance().resolve()
     wanted = torch.arange(model.num_classes).repeat_interleave(args.samples_per_class)
     samples = model.sample(len(wanted), labels=wanted, steps=args.sample_steps,
                            generator=torch.Generator().manual_seed(args.seed)).cpu()
@@ -586,6 +586,7 @@ def run_demo(args: argparse.Namespace) -> int:
     x, runner_up = images[:k], logits[:k].topk(2, dim=1).indices[:, 1]
     x_cf = counterfactual(model, x, runner_up.to(device),
                           generator=torch.Generator().manual_seed(args.seed)).cpu()
+    cf_guidance = counterfactual_guidance(None, model.noise_aware)
     # judged by the independent evaluator CNN, never by the head the guidance optimised
     flipped = (load_evaluator(device).predict(x_cf) == runner_up).sum().item()
 
@@ -595,16 +596,23 @@ def run_demo(args: argparse.Namespace) -> int:
                 x, x_cf, [f"{names[a]} → {names[b]}" for a, b in zip(labels[:k].tolist(),
                                                                     runner_up.tolist())],
                 names, accuracy_text=f"test accuracy {acc:.3f} on {n:,} images",
-                sampler_text=f"{guidance.kind} guidance, scale {guidance.scale:g}, "
-                             f"DDIM-{args.sample_steps}",
-                cf_text=f"towards the runner-up class; the independent evaluator CNN says the "
-                        f"target for {flipped} of {k}",
+                sampler_text=f"{_sampler_name(guidance)}, DDIM-{args.sample_steps}",
+                cf_text=f"towards the runner-up class by {_sampler_name(cf_guidance)}; the "
+                        f"independent evaluator CNN says the target for {flipped} of {k}",
                 path=args.out)
     print(f"wrote {args.out}: {n:,} test images classified, {len(wanted)} conditional samples "
-          f"({guidance.kind} guidance, DDIM-{args.sample_steps}), {k} counterfactuals ({flipped} "
+          f"({_sampler_name(guidance)}, DDIM-{args.sample_steps}), {k} counterfactuals by "
+          f"{_sampler_name(cf_guidance)} ({flipped} "
           f"judged the target class by the evaluator) in {time.perf_counter() - start:.0f} s on "
           f"{device}")
     return 0
+
+
+def _sampler_name(g) -> str:
+    """A resolved ``Guidance`` in words, e.g. "the paper's sampler (γ = 100)"."""
+    if g.kind == "representation":
+        return f"the paper's sampler (γ = {g.scale:g})"
+    return f"{g.kind} guidance ({'γ' if g.kind != 'classifier' else 's'} = {g.scale:g})"
 
 
 # ---------------------------------------------------------------------------------- explain
@@ -803,7 +811,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.what == "conditional":
         res = evaluate_conditional(model, evaluator, test_x, test_y, per_class=args.per_class,
                                    **sampler)
-        rows.append({"guidance": str(guidance.resolve(model.noise_aware)),
+        rows.append({"guidance": str(guidance.resolve()),
                      **{k: v for k, v in res.items() if k not in ("samples", "labels")}})
     else:
         if args.n > test_x.shape[0]:

@@ -314,7 +314,7 @@ def counterfactual_guidance(guidance: Guidance | str | None, noise_aware: bool,
         g = replace(g, scale=DEFAULT_COUNTERFACTUAL_SCALES[kind])
     if g.eta is None:
         g = replace(g, eta=DEFAULT_INVERSION_ETA if start == "inversion" else DEFAULT_CONDITIONAL_ETA)
-    return g.resolve(noise_aware)
+    return g.resolve()
 
 
 @torch.no_grad()

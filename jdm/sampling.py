@@ -82,28 +82,10 @@ noise at every step washes out the small head-fooling changes that guided determ
 up (measured in notebook 06's first version: classifier guidance 0.91 at η = 0, 0.98 at η = 1)."""
 
 DEFAULT_GUIDANCE = "auto"
-"""``Guidance.kind`` when none is given: classifier guidance for a model whose head is noise-aware
-(it was trained on noisy features, so it can judge x_t), the paper's sampler otherwise.
+"""``Guidance.kind`` when none is given: "auto" is the paper's sampler, which on ``jdm-fmnist``
+matches classifier guidance's agreement (0.982 against 0.998) at a lower FD (3.5 against 7.5) and
+needs no noise-aware head (``docs/samplers.md``). Counterfactuals choose their own."""
 
-Chosen from this table (``docs/samplers.md``; ``python benchmarks/bench_samplers.py --per-class 50
---steps 50 --json docs/samplers.json``): ``joint-fmnist-small``, 500 samples per row (50 a class),
-DDIM-50, η = 1, the same seed for every row; agreement with the requested class and FD against 500
-class-matched test images, both by the independent evaluator:
-
-    sampler                                   agreement    FD    precision  recall
-    unconditional                               0.088     9.5      0.73      0.74
-    representation (paper), noise-aware head    0.396    17.5      0.77      0.62
-    representation (paper), clean-only head     0.206    33.3      0.75      0.62
-    representation-x0 (jdm's variant)           0.778    10.3      0.77      0.69
-    classifier guidance (s = 100)               0.970     5.6      0.82      0.49
-
-Only classifier guidance reaches the course's target (agreement >= 0.95 at an FD no worse than
-the unconditional samples' + 2). The paper's sampler follows the class far above chance but
-weakly on this small CPU-trained model: its head reads pooled feature means, so each step shifts
-whole channels by a constant, which the decoder turns into the class only faintly (notebook 06);
-with a head that never saw noisy features (the paper's recipe) it halves again. Its γ peaks near
-1000 (10 samples a class, DDIM-20: γ = 100 → 0.11, 300 → 0.16, 1000 → 0.30, 3000 → 0.26).
-"""
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """A noise predictor: x_t (N, C, H, W), t (N,) → ε̂ (N, C, H, W)."""
@@ -119,7 +101,8 @@ class Guidance:
 
     Attributes:
         kind: ``"representation"`` (the paper's), ``"representation-x0"``, ``"classifier"``, or
-            ``"auto"``: classifier guidance for a noise-aware head, else the paper's sampler.
+            ``"auto"`` (``DEFAULT_GUIDANCE``: the paper's sampler for samples;
+            ``jdm.counterfactual`` has its own).
         scale: γ (representation samplers) or s (classifier guidance), >= 0 (0: unconditional);
             None: ``DEFAULT_SCALES[kind]``.
         inner_steps: feature updates per reverse step (representation samplers), >= 1.
@@ -138,7 +121,8 @@ class Guidance:
         "help": "conditional sampler: representation = the paper's (optimise the encoder "
                 "features z_t with the head applied to z_t); representation-x0 = jdm's variant "
                 "(the head judges the x̂₀ the features imply); classifier = classifier guidance; "
-                "auto = classifier for a noise-aware head, else representation"})
+                "auto = representation for samples, classifier guidance for counterfactuals of a "
+                "noise-aware model"})
     scale: float | None = field(default=None, metadata={
         "help": "γ of the representation samplers / s of classifier guidance (default: "
                 "jdm.sampling.DEFAULT_SCALES)"})
@@ -193,11 +177,10 @@ class Guidance:
         raise ValueError(f"guidance must be a jdm.Guidance, a kind name {GUIDANCE_KINDS} or None, "
                          f"got {type(value).__name__}")
 
-    def resolve(self, noise_aware: bool) -> "Guidance":
+    def resolve(self) -> "Guidance":
         """This guidance with ``kind``, ``scale``, ``levels``, ``gradient`` and ``direction`` filled
-        in for a model whose head is (or is not) noise-aware."""
-        kind = self.kind if self.kind != "auto" else (
-            "classifier" if noise_aware else "representation")
+        in from the defaults ("auto": ``DEFAULT_GUIDANCE``'s choice)."""
+        kind = "representation" if self.kind == "auto" else self.kind
         scale = DEFAULT_SCALES[kind] if self.scale is None else float(self.scale)
         if kind == "classifier":
             return replace(self, kind=kind, scale=scale)
@@ -538,7 +521,7 @@ def guided_eps(model, target: Tensor | int, n: int, guidance: Guidance | str | N
     ``noise_aware=True`` (``--noise-aware``) or a representation sampler.
     """
     noise_aware = bool(getattr(model, "noise_aware", False))
-    g = Guidance.of(guidance).resolve(noise_aware)
+    g = Guidance.of(guidance).resolve()
     device = next(model.parameters()).device
     target = check_targets(target, n, model.num_classes, device)
     if g.kind == "classifier":

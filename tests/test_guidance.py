@@ -221,17 +221,17 @@ def test_guidance_changes_what_the_model_samples(kind):
     assert (model.predict(guided) == 0).float().mean() > plain_share + 0.5
 
 
-def test_guidance_defaults_are_defined_once_and_resolved_per_model():
-    assert Guidance("classifier").resolve(noise_aware=True) == Guidance(
+def test_guidance_defaults_are_defined_once():
+    assert Guidance("classifier").resolve() == Guidance(
         "classifier", DEFAULT_SCALES["classifier"], 1, None, None, None, None)
-    paper = Guidance("representation").resolve(noise_aware=False)
+    paper = Guidance().resolve()
     assert paper.kind == "representation" and paper.levels == DEFAULT_LEVELS["representation"] == "all"
     assert paper.scale == DEFAULT_SCALES["representation"]
     assert (paper.gradient, paper.direction) == DEFAULT_RULES["representation"] == ("total", "descent")
-    x0 = Guidance("representation-x0", gradient="total").resolve(True)
+    x0 = Guidance("representation-x0", gradient="total").resolve()
     assert (x0.gradient, x0.direction) == ("total", DEFAULT_RULES["representation-x0"][1])
-    assert Guidance("representation-x0").resolve(True).levels == DEFAULT_LEVELS["representation-x0"]
-    assert Guidance(scale=3).resolve(True).scale == 3.0
+    assert Guidance("representation-x0").resolve().levels == DEFAULT_LEVELS["representation-x0"]
+    assert Guidance(scale=3).resolve().scale == 3.0
     assert Guidance.of("classifier") == Guidance("classifier") and Guidance.of(None) == Guidance()
     with pytest.raises(dataclasses.FrozenInstanceError):
         Guidance().scale = 2.0
