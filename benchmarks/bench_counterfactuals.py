@@ -168,7 +168,11 @@ def markdown_report(report: dict, json_path: Path = Path("docs/counterfactuals.j
              f"reverse process's DDIM noise; min change: pixel changes below it fade "
              f"(`min_change`); t* auto: each image its own (`auto_t_star`, with its rule base/per nat/most "
              f"and the mean t* in brackets); rows on a tuning slice (away from the first test "
-             f"images the other rows use) are in their own tables; {s['hardware']}.", ""]
+             f"images the other rows use) are in their own tables; {s['hardware']}.", "",
+             "Guidance `representation` is the paper's sampler as the authors run it (each feature "
+             "map's total derivative, +γ·∇CE; notebook 06); `representation-direct-ascent` rows were "
+             "measured with jdm's former rule for it (each map detached, up log p), before December "
+             "2026.", ""]
     order = lambda r: (r["start"], r["kind"], r["eta"], r["scale"], r["keep"], r["min_change"],  # noqa: E731
                        isinstance(r["t_star"], str), str(r["t_star"]).zfill(4))
     slices = sorted({(r["targets"] != "runner-up", r.get("first", 0), r["n"] if r.get("first") else 0)
