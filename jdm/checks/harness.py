@@ -14,10 +14,19 @@ nbgrader) only look at whether the check cell raised.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+
+# ``python -m jdm course grade`` starts each kernel with a secret in JDM_GRADER_TOKEN. It is taken out
+# of the environment at import (before any student code runs) and a passing check prints it with its
+# own name: a check cell that ends without this line did not pass, whatever the student replaced
+# (jdm.checks' functions, the exception handler). See jdm/grading.py.
+_GRADER_TOKEN = os.environ.pop("JDM_GRADER_TOKEN", "")
+CHECKS: dict[str, Callable] = {}   # every check made by `exercise`, by name: the grader compares
 
 
 class CheckFailed(AssertionError):
@@ -52,7 +61,10 @@ def exercise(title: str) -> Callable:
             except CheckFailed as err:
                 raise CheckFailed(f"{title}: {err}") from None
             print(f"✓ {title}: passed ({cases} cases)")
+            if _GRADER_TOKEN:
+                print(f"{_GRADER_TOKEN} passed {body.__name__}")
         check.title = title
+        CHECKS[body.__name__] = check
         return check
     return wrap
 
