@@ -109,3 +109,11 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_check(name):
     assert_check_behaves(name, *CASES[name])
+
+
+def test_frechet_calling_the_reference_fails_and_says_so():
+    """Notebook 06 imports frechet_distance itself: calling it is no answer (issue 29)."""
+    import jdm.checks
+    from jdm.metrics import frechet_distance
+    with pytest.raises(AssertionError, match="called jdm's .*frechet_distance.*implement it yourself"):
+        jdm.checks.frechet(lambda a, b: frechet_distance(a, b))
