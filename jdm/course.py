@@ -30,6 +30,7 @@ TEXT_STUB = "YOUR ANSWER HERE"                                # nbgrader's Clear
 SCHEMA_VERSION = 3                                            # nbgrader's cell-metadata schema
 GRADE_ID = re.compile(r"^[A-Za-z0-9_\-]+$")                   # what nbgrader accepts as a grade_id
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTATION = "NOTATION.md"   # the notation sheet every notebook header links, copied beside the students'
 
 
 # ----------------------------------------------------------------------------- cell metadata
@@ -100,8 +101,22 @@ def clear_solution(source: str, cell_type: str = "code") -> str:
     return "\n".join(lines)
 
 
+STUDENT_NOTE = """**How to work this notebook.** Run the cells in order from the top (Shift+Enter). Each
+exercise is a cell with `# YOUR CODE HERE`: replace `raise NotImplementedError()` by your code, run
+that cell, then run the check cell below it. A check prints ✓ when your answer is right, or says
+what is wrong (never how to fix it). *Run All* stops at the first check whose exercise is not done
+yet; that is expected: click the cell after it and use *Run → Run Selected Cell and All Below*. The
+notebook never uses your answers after their check, so an unfinished exercise costs only its own
+points. Check cells are locked; their first line, `# NBVAL_CHECK_OUTPUT`, only tells the course's
+automatic tests to compare that cell's output: leave it. `QUICK = True` in the first code cell makes
+every loop short. Symbols (α and ᾱ, 0-based t, γ and s, η, t\\*): the
+[notation sheet](NOTATION.md)."""
+"""The note :func:`student_edition` puts under a student edition's title (not in the solutions)."""
+
+
 def student_edition(nb):
-    """A copy of a solution notebook as a student receives it: answers stubbed, outputs cleared."""
+    """A copy of a solution notebook as a student receives it: answers stubbed, outputs cleared,
+    and :data:`STUDENT_NOTE` under the title."""
     exercises(nb)   # validates the metadata first
     for cell in nb.cells:
         if _nbgrader(cell).get("solution") and cell.cell_type == "code" and BEGIN not in cell.source:
@@ -115,6 +130,9 @@ def student_edition(nb):
             cell.outputs, cell.execution_count = [], None
             cell.metadata.pop("execution", None)
     student.metadata.pop("widgets", None)
+    note = nbformat.v4.new_markdown_cell(STUDENT_NOTE)
+    note.id = "jdm-student-note"   # a fixed id: the same solution gives the same student edition
+    student.cells.insert(1, note)
     return student
 
 
@@ -138,6 +156,10 @@ def write_student_editions(out_dir: Path | None = None, folder: Path = NOTEBOOKS
         target = out_dir / path.name
         target.write_text(student_text(path), encoding="utf-8")
         written.append(target)
+    if (Path(folder) / NOTATION).exists():   # the notebooks' headers link it, beside them
+        (out_dir / NOTATION).write_text((Path(folder) / NOTATION).read_text(encoding="utf-8"),
+                                        encoding="utf-8")
+        written.append(out_dir / NOTATION)
     return written
 
 
@@ -149,6 +171,10 @@ def stale_student_editions(out_dir: Path | None = None, folder: Path = NOTEBOOKS
         target = out_dir / path.name
         if not target.exists() or target.read_text(encoding="utf-8") != student_text(path):
             stale.append(path.name)
+    notation = Path(folder) / NOTATION
+    if notation.exists() and (not (out_dir / NOTATION).exists() or (out_dir / NOTATION).read_text(
+            encoding="utf-8") != notation.read_text(encoding="utf-8")):
+        stale.append(NOTATION)
     return stale
 
 

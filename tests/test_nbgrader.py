@@ -49,6 +49,7 @@ def test_generate_assignment_releases_our_student_editions(tmp_path):
     for path in NOTEBOOKS:
         released = nbformat.read(root / "release" / "course" / path.name, as_version=4)
         ours = course.student_edition(nbformat.read(path, as_version=4))
+        assert ours.cells.pop(1).source == course.STUDENT_NOTE   # our editions' how-to note
         assert [c.source for c in released.cells] == [c.source for c in ours.cells], path.name
         assert all(c.get("outputs", []) == [] for c in released.cells)
 
