@@ -230,3 +230,14 @@ def test_instructor_guide_lists_every_exercise_with_its_points():
     for e in exercises:
         assert f"`{e.grade_id}` | {e.points:g} |" in guide, f"{e.grade_id} ({e.points:g} points) not in the guide"
     assert f"{len(exercises)} graded exercises, {sum(e.points for e in exercises):g} points" in guide
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_instructor_guide_quotes_each_notebooks_own_times(path):
+    """The guide's "run: full / quick" column is what the notebook's header measured."""
+    header = " ".join(_read(path).cells[0].source.split())
+    full = re.search(r"CPU full mode: ([\d.]+) min", header).group(1)
+    quick = re.search(r"CPU quick mode: ([\d.]+) min", header).group(1)
+    guide = (course.NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in guide.splitlines() if line.startswith(f"| {path.name[:2]} "))
+    assert row.endswith(f"| {full} / {quick} min |"), (row, full, quick)
