@@ -147,6 +147,9 @@ def graded_copy(nb, solution, end_marker: str):
     leaves the environment before any student code runs), a marker printed at the end of each
     check cell that calls no jdm.checks function, and a last grader cell reporting tampering."""
     where = _restore_checks(nb, solution)
+    for cell in nb.cells:   # nothing the student's machine stored counts: a cell that never runs is empty
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
     for grade_id, i in where.items():
         if not CHECK_CALL.search(nb.cells[i].source):
             nb.cells[i].source += f"\nprint({end_marker + ' ' + grade_id!r})"
@@ -363,7 +366,9 @@ def _grade_stored(name: str, nb, solution) -> GradeReport:
             error = "the check cell was changed"
         elif _error_of(cell):
             error = _error_of(cell)
-        elif cell.get("execution_count") is None or not all(
+        elif cell.get("execution_count") is None:
+            error = "the check cell did not run"
+        elif not all(
                 any(line.startswith(f"✓ {t}: passed") for line in _stdout(cell)) for t in titles):
             error = "no stored output shows this check passing"
         else:

@@ -86,14 +86,20 @@ def submissions(solutions: Path) -> dict:
     for grade_id in ("ex-b", "ex-c"):
         _answered(loop, grade_id, ANSWERS[grade_id][1])
 
+    # J05 and J06 in one notebook (one kernel less): checks replaced by no-ops in the first answer
+    # cell, every error swallowed from the second on; nothing solved
     patched = _answered(stubs(), "ex-a", "import jdm.checks\nfor n in jdm.checks.__all__:\n"
                         "    setattr(jdm.checks, n, lambda *a, **k: None)")          # J05
-    swallowed = _answered(stubs(), "ex-a", "get_ipython().set_custom_exc((BaseException,), "
-                          "lambda *a, **k: None)")                                   # J06
+    _answered(patched, "ex-b", "get_ipython().set_custom_exc((BaseException,), "
+              "lambda *a, **k: None)")                                               # J06
     dies = _answered(_answered(stubs(), "ex-a", ANSWERS["ex-a"][1]), "ex-b",
                      "import os\nos._exit(0)")                                       # J11
+    faked = _cell(dies, "ex-c")   # a stored pass after the crash must not count
+    faked.execution_count = 9
+    faked.outputs = [nbformat.v4.new_output("stream", name="stdout",
+                                            text="✓ Exercise 1.1 — the cosine schedule: passed (3 cases)\n")]
     return {"solved": solved, "untouched": stubs(), "tampered": tampered, "loop": loop,
-            "patched": patched, "swallowed": swallowed, "dies": dies}
+            "patched": patched, "dies": dies}
 
 
 @pytest.fixture(scope="module")
@@ -192,18 +198,19 @@ def test_an_endless_loop_is_reported_as_a_timeout(jdm_reports):
 
 
 # ----------------------------------------------------------------------------- 0 where it must
-@pytest.mark.parametrize("student, tampering", [("patched", "jdm.checks.half_life was replaced"),
-                                                ("swallowed", "custom exception handler")])
-def test_replaced_checks_or_a_custom_exception_handler_score_zero_with_a_note(jdm_reports, student, tampering):
-    report = jdm_reports[student]
+@pytest.mark.parametrize("tampering", ["jdm.checks.half_life was replaced", "custom exception handler"])
+def test_replaced_checks_or_a_custom_exception_handler_score_zero_with_a_note(jdm_reports, tampering):
+    report = jdm_reports["patched"]
     assert report.score == 0 and report.max_score == TOTAL, report.to_text()
     assert any(tampering in note for note in report.notes), report.notes
+    assert all("did not confirm a pass" in r.error for r in report.results), report.to_text()
 
 
 def test_a_dead_kernel_keeps_what_ran_before_and_says_so(jdm_reports):
     report = jdm_reports["dies"]
     assert _earned(report) == {"ex-a": 1, "ex-b": 0, "ex-c": 0}, report.to_text()
     assert any("kernel died" in note for note in report.notes)
+    assert report.results[2].error == "the check cell did not run"
 
 
 def test_each_notebook_runs_in_its_own_scratch_folder_and_cannot_rewrite_the_next(jdm_reports, assignment):
@@ -234,3 +241,23 @@ def test_a_file_without_cells_is_a_clear_failure_not_a_traceback(assignment, tmp
     assert main(["course", "grade", str(path)]) == 0
     out = capsys.readouterr().out
     assert "0 / 11 points" in out and "not a readable notebook" in out and "cells" in out, out
+
+
+# ----------------------------------------------------------------------------- the pieces, in-process
+def test_a_passing_check_prints_the_token_under_the_name_the_grader_looks_for(monkeypatch, capsys):
+    import jdm.checks
+    from jdm.checks import harness
+    monkeypatch.setattr(harness, "_GRADER_TOKEN", "secret")
+    jdm.checks.half_life(lambda s: int((s.alpha_bars < 0.5).nonzero()[0]))
+    assert "secret passed half_life" in capsys.readouterr().out.splitlines()
+    assert set(harness.CHECKS) == set(jdm.checks.__all__) - {"CheckFailed"}
+
+
+def test_tampering_names_a_replaced_check_or_helper(monkeypatch):
+    import jdm.checks
+    from jdm.checks import forward
+    assert grading.tampering() == []
+    monkeypatch.setattr(jdm.checks, "q_sample", lambda fn: None)
+    monkeypatch.setattr(forward, "expect_close", lambda *a, **k: None)
+    assert grading.tampering() == ["jdm.checks.q_sample was replaced",
+                                   "jdm.checks.forward.expect_close was replaced"]
