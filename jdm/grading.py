@@ -31,7 +31,7 @@ from pathlib import Path
 
 import nbformat
 
-from .course import NOTEBOOKS, _nbgrader, exercises
+from .course import NOTEBOOKS, exercises
 
 CHECK_CALL = re.compile(r"\bjdm\.checks\.(\w+)\(")
 INTEGRITY_MARK = "jdm-grader-integrity"
@@ -96,6 +96,14 @@ def _read(path: Path):
     except Exception as err:   # JSON, schema or encoding: all mean "not a notebook we can grade"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return f"not a readable notebook ({reason[:200]})"
+
+
+def _nbgrader(cell) -> dict:
+    """A cell's nbgrader metadata; {} where a submission broke it (not a dict, a grade_id not a string)."""
+    meta = cell.get("metadata", {}).get("nbgrader", {}) if isinstance(cell.get("metadata"), dict) else {}
+    if not isinstance(meta, dict):
+        return {}
+    return meta if isinstance(meta.get("grade_id", ""), str) else {**meta, "grade_id": None}
 
 
 def _check_ids(nb) -> set[str]:

@@ -261,3 +261,19 @@ def test_tampering_names_a_replaced_check_or_helper(monkeypatch):
     monkeypatch.setattr(forward, "expect_close", lambda *a, **k: None)
     assert grading.tampering() == ["jdm.checks.q_sample was replaced",
                                    "jdm.checks.forward.expect_close was replaced"]
+
+
+def test_broken_metadata_in_a_submission_is_no_crash(assignment, tmp_path):
+    """Junk nbgrader metadata, a list as grade_id: the checks are still found by the solution's ids."""
+    root, paths = assignment
+    nb = nbformat.read(paths["untouched"], as_version=4)
+    answer, check = _cell(nb, "ex-a-answer"), _cell(nb, "ex-a")
+    answer.metadata["nbgrader"] = "junk"
+    check.metadata["nbgrader"]["grade_id"] = ["ex-a"]
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.execution_count = 1
+    nbformat.write(nb, tmp_path / "tiny.ipynb")
+    report = grading.grade(tmp_path / "tiny.ipynb", run=False, solutions=root / "solutions")
+    assert report.score == 0 and report.max_score == TOTAL
+    assert "missing from the submission" in report.results[0].error
