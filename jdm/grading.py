@@ -177,8 +177,9 @@ def tampering() -> list[str]:
              if name != "CheckFailed" and getattr(jdm.checks, name, None) is not harness.CHECKS.get(name)]
     # the helpers every check calls (fail, expect_close, …), in each module that imported them
     helpers = [n for n in dir(harness) if callable(getattr(harness, n)) and not n.startswith("_")]
-    for module in {harness, *(getattr(jdm.checks, n) for n in dir(jdm.checks)
-                             if type(getattr(jdm.checks, n)) is type(harness))}:
+    modules = {harness, *(getattr(jdm.checks, n) for n in dir(jdm.checks)
+                          if type(getattr(jdm.checks, n)) is type(harness))}
+    for module in sorted(modules, key=lambda m: m.__name__):
         for name in helpers:
             helper = getattr(module, name, None)
             if helper is not None and getattr(helper, "__module__", "") not in (
