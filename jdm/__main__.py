@@ -889,9 +889,9 @@ def run_course(args) -> int:
         return 0
     if args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
-    reports = []
-    for path in args.notebooks:
-        report = course.grade(path, timeout=args.timeout, quick=not args.full, run=not args.no_run)
+    reports = []   # every notebook is read before any runs: one cannot rewrite the next
+    for report in course.grade_many(args.notebooks, timeout=args.timeout, quick=not args.full,
+                                    run=not args.no_run):
         print(report.to_text(), flush=True)
         reports.append(report)
     if len(reports) > 1:

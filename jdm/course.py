@@ -13,16 +13,13 @@ can put the notebooks in a course folder as they are:
 region becomes ``# YOUR CODE HERE`` / ``raise NotImplementedError()``, the hint stays) and clears
 every output; ``python -m jdm course student`` writes them to ``notebooks/student/``.
 :func:`grade` executes a notebook (quick mode, every cell even after an error, as nbgrader's
-autograder does) and scores the check cells.
+autograder does) and scores the check cells against the solution notebook (:mod:`jdm.grading`).
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
 import re
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -33,6 +30,7 @@ TEXT_STUB = "YOUR ANSWER HERE"                                # nbgrader's Clear
 SCHEMA_VERSION = 3                                            # nbgrader's cell-metadata schema
 GRADE_ID = re.compile(r"^[A-Za-z0-9_\-]+$")                   # what nbgrader accepts as a grade_id
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTATION = "NOTATION.md"   # the notation sheet every notebook header links, copied beside the students'
 
 
 # ----------------------------------------------------------------------------- cell metadata
@@ -103,8 +101,22 @@ def clear_solution(source: str, cell_type: str = "code") -> str:
     return "\n".join(lines)
 
 
+STUDENT_NOTE = """**How to work this notebook.** Run the cells in order from the top (Shift+Enter). Each
+exercise is a cell with `# YOUR CODE HERE`: replace `raise NotImplementedError()` by your code, run
+that cell, then run the check cell below it. A check prints ✓ when your answer is right, or says
+what is wrong (never how to fix it). *Run All* stops at the first check whose exercise is not done
+yet; that is expected: click the cell after it and use *Run → Run Selected Cell and All Below*. The
+notebook never uses your answers after their check, so an unfinished exercise costs only its own
+points. Check cells are locked; their first line, `# NBVAL_CHECK_OUTPUT`, only tells the course's
+automatic tests to compare that cell's output: leave it. `QUICK = True` in the first code cell makes
+every loop short. Symbols (α and ᾱ, 0-based t, γ and s, η, t\\*): the
+[notation sheet](NOTATION.md)."""
+"""The note :func:`student_edition` puts under a student edition's title (not in the solutions)."""
+
+
 def student_edition(nb):
-    """A copy of a solution notebook as a student receives it: answers stubbed, outputs cleared."""
+    """A copy of a solution notebook as a student receives it: answers stubbed, outputs cleared,
+    and :data:`STUDENT_NOTE` under the title."""
     exercises(nb)   # validates the metadata first
     for cell in nb.cells:
         if _nbgrader(cell).get("solution") and cell.cell_type == "code" and BEGIN not in cell.source:
@@ -118,6 +130,9 @@ def student_edition(nb):
             cell.outputs, cell.execution_count = [], None
             cell.metadata.pop("execution", None)
     student.metadata.pop("widgets", None)
+    note = nbformat.v4.new_markdown_cell(STUDENT_NOTE)
+    note.id = "jdm-student-note"   # a fixed id: the same solution gives the same student edition
+    student.cells.insert(1, note)
     return student
 
 
@@ -141,6 +156,10 @@ def write_student_editions(out_dir: Path | None = None, folder: Path = NOTEBOOKS
         target = out_dir / path.name
         target.write_text(student_text(path), encoding="utf-8")
         written.append(target)
+    if (Path(folder) / NOTATION).exists():   # the notebooks' headers link it, beside them
+        (out_dir / NOTATION).write_text((Path(folder) / NOTATION).read_text(encoding="utf-8"),
+                                        encoding="utf-8")
+        written.append(out_dir / NOTATION)
     return written
 
 
@@ -152,116 +171,30 @@ def stale_student_editions(out_dir: Path | None = None, folder: Path = NOTEBOOKS
         target = out_dir / path.name
         if not target.exists() or target.read_text(encoding="utf-8") != student_text(path):
             stale.append(path.name)
+    notation = Path(folder) / NOTATION
+    if notation.exists() and (not (out_dir / NOTATION).exists() or (out_dir / NOTATION).read_text(
+            encoding="utf-8") != notation.read_text(encoding="utf-8")):
+        stale.append(NOTATION)
     return stale
 
 
 # ----------------------------------------------------------------------------- grading
-@dataclass
-class ExerciseResult:
-    grade_id: str
-    points: float
-    earned: float
-    passed: bool
-    error: str = ""
+# The grader lives in jdm/grading.py (it imports this module); these keep the course's one API.
+def grade(path: Path, timeout: int = 600, quick: bool = True, run: bool = True,
+          solutions: Path = NOTEBOOKS):
+    """Score a notebook against its solution notebook: see :func:`jdm.grading.grade`."""
+    from .grading import grade as grade_one
+    return grade_one(path, timeout=timeout, quick=quick, run=run, solutions=solutions)
 
 
-@dataclass
-class GradeReport:
-    notebook: str
-    results: list[ExerciseResult] = field(default_factory=list)
-    seconds: float = 0.0
-    executed: bool = True
-    other_errors: list[str] = field(default_factory=list)   # cells outside the checks that raised
-
-    @property
-    def score(self) -> float:
-        return sum(r.earned for r in self.results)
-
-    @property
-    def max_score(self) -> float:
-        return sum(r.points for r in self.results)
-
-    def to_json(self) -> dict:
-        return {"notebook": self.notebook, "score": self.score, "max_score": self.max_score,
-                "seconds": round(self.seconds, 1), "executed": self.executed,
-                "exercises": [asdict(r) for r in self.results], "other_errors": self.other_errors}
-
-    def to_text(self) -> str:
-        width = max((len(r.grade_id) for r in self.results), default=10)
-        lines = [f"{self.notebook}: {self.score:g} / {self.max_score:g} points "
-                 f"({100 * self.score / max(self.max_score, 1e-9):.0f} %)"]
-        for r in self.results:
-            mark = "pass" if r.passed else "FAIL"
-            lines.append(f"  {mark}  {r.grade_id:<{width}}  {r.earned:g}/{r.points:g}"
-                         + (f"  {r.error}" if r.error else ""))
-        for error in self.other_errors:
-            lines.append(f"  note: outside the checks, {error}")
-        return "\n".join(lines)
+def grade_many(paths: list[Path], timeout: int = 600, quick: bool = True, run: bool = True,
+               solutions: Path = NOTEBOOKS):
+    """Read every notebook, then grade each in turn: see :func:`jdm.grading.grade_many`."""
+    from .grading import grade_many as grade_all
+    return grade_all(paths, timeout=timeout, quick=quick, run=run, solutions=solutions)
 
 
-def _error_of(cell) -> str:
-    """The first error a cell's outputs hold, as 'Name: message' (one line), or ''."""
-    for out in cell.get("outputs", []):
-        if out.get("output_type") == "error":
-            message = f"{out.get('ename', 'Error')}: {out.get('evalue', '')}".strip()
-            return message.splitlines()[0] if message else "error"
-    return ""
-
-
-def execute(nb, cwd: Path, timeout: int = 600, quick: bool = True):
-    """Run every cell of ``nb`` in a fresh python3 kernel in ``cwd``, going on after errors.
-
-    Quick mode is set through ``JDM_QUICK`` (every notebook's first cell follows it). A cell that
-    runs past ``timeout`` seconds is interrupted and counts as an error, as in nbgrader.
-    """
-    from nbclient import NotebookClient
-
-    env_before = os.environ.get("JDM_QUICK")
-    os.environ["JDM_QUICK"] = "1" if quick else "0"
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                                interrupt_on_timeout=True,
-                                resources={"metadata": {"path": str(cwd)}})
-        client.execute()
-    finally:
-        if env_before is None:
-            os.environ.pop("JDM_QUICK", None)
-        else:
-            os.environ["JDM_QUICK"] = env_before
-    return nb
-
-
-def grade(path: Path, timeout: int = 600, quick: bool = True, run: bool = True) -> GradeReport:
-    """Score a notebook's check cells: full points for a check cell that ran without an error.
-
-    ``run=False`` grades the outputs already stored in the notebook (a check cell that was never
-    run scores 0). With ``run=True`` the notebook is executed first, in its own folder; the file on
-    disk is left as it was.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no notebook at {path}")
-    nb = nbformat.read(path, as_version=4)
-    found = exercises(nb)
-    if not found:
-        raise ValueError(f"{path.name} has no graded check cells (nbgrader metadata 'grade': true)")
-    start = time.time()
-    if run:
-        execute(nb, path.resolve().parent, timeout=timeout, quick=quick)
-    report = GradeReport(path.name, seconds=time.time() - start, executed=run)
-    for ex in found:
-        cell = nb.cells[ex.cell_index]
-        ran = cell.get("execution_count") is not None
-        error = _error_of(cell) or ("" if ran else "the check cell did not run")
-        report.results.append(ExerciseResult(ex.grade_id, ex.points, 0 if error else ex.points,
-                                             not error, error))
-    checks = {ex.cell_index for ex in found}
-    report.other_errors = [f"cell {i}: {_error_of(cell)}" for i, cell in enumerate(nb.cells)
-                           if i not in checks and _error_of(cell)]
-    return report
-
-
-def write_report(reports: list[GradeReport], path: Path) -> None:
+def write_report(reports: list, path: Path) -> None:
     """The JSON form of one or more reports (what ``--json`` writes)."""
-    Path(path).write_text(json.dumps([r.to_json() for r in reports], indent=1) + "\n")
+    from .grading import write_report as write
+    write(reports, path)

@@ -86,7 +86,14 @@ def resolve_name(name: str) -> str:
                                     f"{shipped or 'none'}")
         return aliases[name]
     raise FileNotFoundError(f"no shipped checkpoint named {name!r} in {checkpoint_dir()}; "
-                            f"available: {shipped or 'none'}, aliases: {sorted(aliases) or 'none'}")
+                            f"available: {shipped or 'none'}, aliases: {sorted(aliases) or 'none'}"
+                            + ("" if shipped else NO_CHECKPOINTS_HINT))
+
+
+NO_CHECKPOINTS_HINT = (
+    ". No checkpoints at all: a plain `pip install .` installs the package without the checkout's "
+    "data/ (Fashion-MNIST and data/checkpoints). Set JDM_DATA to a copy of that folder, or install "
+    "from a checkout with `pip install -e .` (notebooks/README.md, 'Installing for a class')")
 
 
 def _read_json(path: Path):

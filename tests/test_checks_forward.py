@@ -104,3 +104,70 @@ CASES = {
 @pytest.mark.parametrize("name", CASES)
 def test_check(name):
     assert_check_behaves(name, *CASES[name])
+
+
+# ----------------------------------------------------------------------------- issue 29
+import numpy as np   # noqa: E402
+
+import jdm.checks   # noqa: E402
+from jdm.schedule import NoiseSchedule   # noqa: E402
+
+
+def _fails(name, answer, message):
+    with pytest.raises(AssertionError, match=message):
+        getattr(jdm.checks, name)(answer)
+
+
+RIGHT = {   # right answers in another form than the reference's: they must pass
+    "cosine_betas": lambda T, s=0.008: cosine(T, s).float(),                        # float32
+    "half_life": lambda s: np.argmax((s.alpha_bars < 0.5).numpy()),                  # np.int64
+    "posterior": lambda x0, xt, t, betas: list(posterior(x0, xt, t, betas)),         # [mean, var]
+}
+
+
+@pytest.mark.parametrize("name", RIGHT)
+def test_right_answers_in_other_forms_pass(name):
+    getattr(jdm.checks, name)(RIGHT[name])
+
+
+REFERENCE_CALLS = {   # J08: the reference the check compares with, called instead of an answer
+    "cosine_betas": lambda T, s=0.008: NoiseSchedule(T, kind="cosine").betas,
+    "q_sample": lambda x0, t, noise, alpha_bar: NoiseSchedule(1000).q_sample(x0, t, noise),
+    "posterior": lambda x0, xt, t, betas: NoiseSchedule(len(betas)).q_posterior(
+        x0, xt, torch.full((len(x0),), t))[:2],
+    "recover_x0": lambda xt, t, eps, s: s.predict_x0(xt, t, eps),
+}
+
+
+@pytest.mark.parametrize("name", REFERENCE_CALLS)
+def test_calling_the_reference_fails_and_says_so(name):
+    _fails(name, REFERENCE_CALLS[name], "called jdm's .*implement it yourself")
+
+
+def test_a_caught_reference_error_still_fails():
+    def sneaky(x0, t, noise, alpha_bar):
+        try:
+            return NoiseSchedule(1000).q_sample(x0, t, noise)
+        except Exception:
+            return q_sample(x0, t, noise, alpha_bar)
+    _fails("q_sample", sneaky, "called jdm's NoiseSchedule.q_sample")
+
+
+GLOBAL_SCHEDULE = NoiseSchedule(1000)
+
+
+def test_an_answer_ignoring_its_schedule_argument_fails_naming_the_schedule():
+    _fails("q_sample", lambda x0, t, noise, alpha_bar: q_sample(x0, t, noise, GLOBAL_SCHEDULE.alpha_bars),
+           r"cosine schedule, T=500.*for batch item \d+ \(t=\d+\)")
+
+
+def test_in_place_answers_are_told_so_before_any_value():
+    def q_sample_in_place(x0, t, noise, alpha_bar):
+        ab = alpha_bar[t].reshape(-1, 1, 1, 1)
+        return x0.mul_(ab.sqrt()).add_((1 - ab).sqrt() * noise)
+
+    def recover_in_place(xt, t, eps, s):
+        ab = s.alpha_bars[t].reshape(-1, 1, 1, 1)
+        return xt.sub_((1 - ab).sqrt() * eps).div_(ab.sqrt())
+    _fails("q_sample", q_sample_in_place, "x0 was modified in place")
+    _fails("recover_x0", recover_in_place, "xt was modified in place")

@@ -128,3 +128,19 @@ def test_check(name):
 def test_paper_eps_names_each_mistake(wrong, named):
     with pytest.raises(AssertionError, match=named):
         jdm.checks.paper_eps(paper_eps_with(**wrong))
+
+
+def test_frechet_calling_the_reference_fails_and_says_so():
+    """Notebook 06 imports frechet_distance itself: calling it is no answer (issue 29)."""
+    import jdm.checks
+    from jdm.metrics import frechet_distance
+    with pytest.raises(AssertionError, match="called jdm's .*frechet_distance.*implement it yourself"):
+        jdm.checks.frechet(lambda a, b: frechet_distance(a, b))
+
+
+def test_paper_eps_calling_the_reference_fails_and_says_so():
+    """jdm's representation_guided_eps computes the answer the check compares with: no answer."""
+    from jdm.sampling import representation_guided_eps
+    with pytest.raises(AssertionError, match="called jdm's .*representation_guided_eps.*implement it yourself"):
+        jdm.checks.paper_eps(lambda model, target, step_size: representation_guided_eps(
+            model, target, step_size=step_size))

@@ -1,4 +1,5 @@
 """jdm.checks for notebook 03: each passes on a right answer, fails on the stub and on wrong ones."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -99,7 +100,7 @@ def ddpm_mean(s, x_t, t, eps):
     return (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
 
 
-def ddpm_mean_via_x0(s, x_t, t, eps):                   # the posterior at x̂_0: right too
+def ddpm_mean_via_x0(s, x_t, t, eps):                   # the posterior at x̂_0, by jdm: its reference
     return s.q_posterior(s.predict_x0(x_t, t, eps), x_t, t)[0]
 
 
@@ -133,7 +134,7 @@ def ddim(s, x_t, t, t_prev, eps):
     return ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps
 
 
-def ddim_jdm(s, x_t, t, t_prev, eps):                   # jdm's own step: right too
+def ddim_jdm(s, x_t, t, t_prev, eps):                   # jdm's own step: the reference itself
     return s.ddim_step(x_t, t, t_prev, eps, eta=0.0, clip_x0=False)
 
 
@@ -176,6 +177,10 @@ def largest_jump_smallest(schedule, k):
     return min(a - b for a, b in zip(visited, visited[1:]))
 
 
+def largest_jump_numpy(schedule, k):                    # a numpy integer is an int too
+    return np.max(-np.diff(np.array(schedule.timesteps(k))))
+
+
 CASES = {
     "ddpm_loss": (loss, [loss_target_x0, loss_sum, loss_alpha_not_bar, loss_item, loss_no_grad,
                          loss_per_image]),
@@ -194,7 +199,21 @@ def test_check(name):
 
 
 @pytest.mark.parametrize("name, other_right", [("ddpm_loss", loss_by_hand), ("ema_update", ema_lerp),
-                                               ("ddpm_mean", ddpm_mean_via_x0), ("ddim_step", ddim_jdm)])
+                                               ("largest_ddim_jump", largest_jump_numpy)])
 def test_other_right_answers_pass(name, other_right):
     import jdm.checks
     getattr(jdm.checks, name)(other_right)
+
+
+@pytest.mark.parametrize("name, reference_call", [("ddpm_mean", ddpm_mean_via_x0), ("ddim_step", ddim_jdm),
+                                                  ("ddim_step", ddim_clipped)])
+def test_calling_the_reference_fails_and_says_so(name, reference_call):
+    import jdm.checks
+    with pytest.raises(AssertionError, match="called jdm's NoiseSchedule.*implement it yourself"):
+        getattr(jdm.checks, name)(reference_call)
+
+
+def test_index_messages_name_the_batch_item_and_its_t():
+    import jdm.checks
+    with pytest.raises(AssertionError, match=r"for batch item \d+ \(t=\d+\) at position"):
+        jdm.checks.ddpm_mean(ddpm_mean_alpha_bar)

@@ -1,6 +1,7 @@
 """jdm.checks for notebook 02: each passes on a right answer, fails on the stub and on wrong ones."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,7 +147,8 @@ def test_check(name):
 
 
 @pytest.mark.parametrize("name, other_right", [("timestep_embedding", embedding_pow),
-                                               ("edit_bottleneck", edit_named_tuple)])
+                                               ("edit_bottleneck", edit_named_tuple),
+                                               ("n_skips", lambda levels, blocks: np.int64(n_skips(levels, blocks)))])
 def test_other_right_answers_pass(name, other_right):
     import jdm.checks
     getattr(jdm.checks, name)(other_right)

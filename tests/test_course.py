@@ -105,7 +105,10 @@ def test_each_exercise_is_an_answer_a_hint_and_one_check(path):
     for solution, check in pairs:
         lines = solution.source.split("\n")
         begin = next(i for i, line in enumerate(lines) if course.BEGIN in line)
-        assert lines[begin - 1].strip().startswith("# Hint:"), f"{solution.metadata.nbgrader.grade_id}: no hint"
+        first = begin - 1   # the hint: the comment lines just above the solution, wrapped
+        while lines[first].strip().startswith("#   "):
+            first -= 1
+        assert lines[first].strip().startswith("# Hint:"), f"{solution.metadata.nbgrader.grade_id}: no hint"
         assert solution.metadata.nbgrader.grade_id == check.metadata.nbgrader.grade_id + "-answer"
         match = CHECK_CALL.match(check.source)
         assert match, f"check cell should be one jdm.checks call: {check.source!r}"
@@ -113,6 +116,19 @@ def test_each_exercise_is_an_answer_a_hint_and_one_check(path):
         assert name in jdm.checks.__all__
         assert re.search(rf"\bdef {function}\(", solution.source), f"{name} checks {function}, not defined above"
         assert getattr(jdm.checks, name).title.startswith(f"Exercise {number}."), name
+
+
+HINTS_LEFT_TO_THE_LEAD = {"06", "07"}   # issue 29: notebooks 06 and 07 are rewritten on another branch
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] not in HINTS_LEFT_TO_THE_LEAD],
+                         ids=lambda p: p.name)
+def test_hints_fit_the_screen(path):
+    """A hint is read in the student edition, in a code cell: at most 99 columns."""
+    wide = [line for cell in _read(path).cells if cell.metadata.get("nbgrader", {}).get("solution")
+            for line in cell.source.split("\n") if "# Hint:" in line or line.strip().startswith("#   ")
+            if len(line) > 99]
+    assert not wide, wide
 
 
 def test_the_exercises_cover_the_topics_the_course_promises():
@@ -130,7 +146,9 @@ def test_every_check_is_used_once_by_the_notebooks():
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_student_edition_stubs_answers_and_keeps_everything_else(path):
     nb, student = _read(path), course.student_edition(_read(path))
-    assert len(student.cells) == len(nb.cells)
+    assert len(student.cells) == len(nb.cells) + 1
+    note = student.cells.pop(1)   # the how-to note under the title, in student editions only
+    assert note.cell_type == "markdown" and note.source == course.STUDENT_NOTE
     for cell, mine in zip(nb.cells, student.cells):
         assert mine.cell_type == cell.cell_type and mine.metadata.get("nbgrader") == cell.metadata.get("nbgrader")
         if cell.metadata.get("nbgrader", {}).get("solution"):
@@ -212,3 +230,14 @@ def test_instructor_guide_lists_every_exercise_with_its_points():
     for e in exercises:
         assert f"`{e.grade_id}` | {e.points:g} |" in guide, f"{e.grade_id} ({e.points:g} points) not in the guide"
     assert f"{len(exercises)} graded exercises, {sum(e.points for e in exercises):g} points" in guide
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_instructor_guide_quotes_each_notebooks_own_times(path):
+    """The guide's "run: full / quick" column is what the notebook's header measured."""
+    header = " ".join(_read(path).cells[0].source.split())
+    full = re.search(r"CPU full mode: ([\d.]+) min", header).group(1)
+    quick = re.search(r"CPU quick mode: ([\d.]+) min", header).group(1)
+    guide = (course.NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in guide.splitlines() if line.startswith(f"| {path.name[:2]} "))
+    assert row.endswith(f"| {full} / {quick} min |"), (row, full, quick)

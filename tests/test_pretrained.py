@@ -123,3 +123,10 @@ def test_broken_manifests_name_the_file(exported, tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as info:
         pretrained.load_pretrained("toy")
     assert "toy.json" in str(info.value)
+
+
+def test_no_checkpoints_at_all_says_what_a_plain_install_lacks(monkeypatch, tmp_path):
+    """What a JupyterHub admin's `pip install .` (no data/) meets first (issue 29)."""
+    monkeypatch.setenv("JDM_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="available: none.*pip install .*JDM_DATA"):
+        pretrained.load_pretrained("jdm-fmnist")

@@ -53,3 +53,11 @@ def test_sweeps_switch(monkeypatch, value, expected):
     else:
         monkeypatch.setenv("JDM_SWEEPS", value)
     assert sweeps_enabled() is expected
+
+
+def test_forced_quick_mode_wins_over_a_notebooks_switch(monkeypatch):
+    """Graders set JDM_QUICK=force: a submission's `QUICK = False` must not make grading slow."""
+    from jdm.utils import set_quick_mode
+    monkeypatch.setenv("JDM_QUICK", "force")
+    set_quick_mode(False)
+    assert quick_mode() is True
