@@ -118,11 +118,7 @@ def test_each_exercise_is_an_answer_a_hint_and_one_check(path):
         assert getattr(jdm.checks, name).title.startswith(f"Exercise {number}."), name
 
 
-HINTS_LEFT_TO_THE_LEAD = {"06", "07"}   # issue 29: notebooks 06 and 07 are rewritten on another branch
-
-
-@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] not in HINTS_LEFT_TO_THE_LEAD],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_hints_fit_the_screen(path):
     """A hint is read in the student edition, in a code cell: at most 99 columns."""
     wide = [line for cell in _read(path).cells if cell.metadata.get("nbgrader", {}).get("solution")
