@@ -48,8 +48,8 @@ from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
 from .inputs import check_images, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
-from .schedule import NoiseSchedule
-from .unet import Features, UNet
+from .schedule import NoiseSchedule, values_checkable
+from .unet import UNet
 from .utils import eval_mode
 
 __all__ = ["JointDiffusion", "augment_images", "DEFAULT_ALPHA"]
@@ -181,11 +181,14 @@ class JointDiffusion(DiffusionModel):
 
     # ------------------------------------------------------------------------------ checks
     def _check_labels(self, y: Tensor, n: int) -> Tensor:
+        """(n,) long labels in −1..num_classes−1. Type and shape always; the values only where
+        that costs no host-device sync or graph break (``values_checkable``: the ``Trainer``
+        checks a CUDA data set's labels once, before training)."""
         if not isinstance(y, Tensor) or y.shape != (n,) or y.is_floating_point() or y.is_complex():
             raise ValueError(f"labels must be an integer tensor of shape ({n},) (−1 = unlabelled), "
                              f"got {tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}"
                              + (f" of dtype {y.dtype}" if isinstance(y, Tensor) else ""))
-        if y.numel() and (y.min() < -1 or y.max() >= self.num_classes):
+        if y.numel() and values_checkable(y) and (y.min() < -1 or y.max() >= self.num_classes):
             raise ValueError(f"labels must lie in 0..{self.num_classes - 1}, or be −1 for "
                              f"unlabelled images; got values from {int(y.min())} to {int(y.max())}")
         return y.long()
@@ -210,8 +213,6 @@ class JointDiffusion(DiffusionModel):
         """
         self._check_images(x0)
         n = x0.shape[0]
-        y = self._check_labels(y, n) if y is not None else torch.full((n,), -1, device=x0.device)
-        labelled = y >= 0
         zero = x0.new_zeros(())
 
         # L_simple, drawn in the same order as DiffusionModel.diffusion_loss (t, then ε): with
@@ -222,18 +223,20 @@ class JointDiffusion(DiffusionModel):
         diffusion = F.mse_loss(self.unet.decode(feats, t), noise)
 
         classification, accuracy, noisy = zero, zero, zero
-        if labelled.any():
-            y_l = y[labelled]
-            x_l = x0[labelled]
-            if self.augment and self.training:
-                x_l = augment_images(x_l)
-            logits = self._logits(x_l, self._timesteps(0, x_l.shape[0], x_l.device))
-            classification = F.cross_entropy(logits, y_l)
-            accuracy = (logits.argmax(1) == y_l).float().mean()
+        if y is not None:
+            # Masked over the whole batch, never ``x0[y >= 0]``: no data-dependent shape, so no
+            # host-device sync and no graph break. Unlabelled rows (−1) are ignored by the CE and
+            # the accuracy; a batch without labels gives 0 (the count is clamped to 1).
+            y = self._check_labels(y, n)
+            labelled = y >= 0
+            count = labelled.sum().clamp(min=1)
+            x_c = augment_images(x0) if self.augment and self.training else x0
+            logits = self._logits(x_c, self._timesteps(0, n, x0.device))
+            classification = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / count
+            accuracy = ((logits.argmax(1) == y) & labelled).sum() / count
             if self.noise_aware:
-                # the same features the decoder used: (x_t, t) of the labelled examples
-                noisy = F.cross_entropy(self.head(Features(
-                    feats.bottleneck[labelled], [s[labelled] for s in feats.skips])), y_l)
+                # the same features the decoder used: (x_t, t)
+                noisy = F.cross_entropy(self.head(feats), y, ignore_index=-1, reduction="sum") / count
 
         total = diffusion + self.alpha * (classification + noisy)
         parts = {"loss": total, "diffusion": diffusion, "classification": classification,

@@ -445,6 +445,11 @@ class Trainer:
                 raise ValueError(f"the model must have a {name}() method (see jdm.diffusion)")
         if images.shape[0] and images.is_floating_point():
             check_image_range(images, "training images", strict=True)  # once, not every step
+        classes = getattr(model, "num_classes", None)  # the loss checks labels only on the CPU
+        if labels is not None and labels.numel() and classes is not None and not (
+                int(labels.min()) >= -1 and int(labels.max()) < classes):
+            raise ValueError(f"labels must lie in 0..{classes - 1}, or be −1 for unlabelled "
+                             f"images; got values from {int(labels.min())} to {int(labels.max())}")
 
         self.config = config
         self.device = device if isinstance(device, torch.device) else get_device(device)
