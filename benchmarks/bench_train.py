@@ -8,7 +8,10 @@ AdamW, EMA) in images/s:
 * ``old``           — the Trainer before the GPU-speed work (``--old-rev``, loaded from git), as shipped;
 * ``eager``         — today's Trainer as shipped (bf16 autocast on CUDA, fused AdamW, data on the device);
 * ``fp32``          — today's Trainer without autocast (CUDA only: what bf16 buys);
-* ``compile``       — ``TrainConfig(compile=True)``; its compile time is reported apart;
+* ``compile``       — ``TrainConfig(compile=True)``: the whole loss, forward and backward, as one
+                      inductor graph; its compile time is reported apart, and its speed as a ratio
+                      to ``eager`` (``compile/eager``);
+* ``cudagraphs``    — ``TrainConfig(compile="reduce-overhead")``: the same with CUDA graphs (CUDA only);
 * ``channels_last`` — model converted with ``.to(memory_format=torch.channels_last)``.
 
 After one warm-up call each, timed trials of the variants alternate (forward, then reversed order),
@@ -16,6 +19,7 @@ and medians are reported, so a machine whose load drifts penalises all alike. It
 EMA update (torch.optim.swa_utils, a foreach lerp) against a per-tensor loop, and its share of a step.
 
     python benchmarks/bench_train.py --threads 1            # CPU: the table in benchmarks/README.md
+    python benchmarks/bench_train.py --threads 1 --variants eager compile --old-rev ''   # compiled vs eager
     python benchmarks/bench_train.py --device cuda --config fmnist --batch 256 --steps 20
 """
 from __future__ import annotations
@@ -107,7 +111,7 @@ def run_steps(trainer, steps: int) -> float:
     return time.perf_counter() - start
 
 
-VARIANTS = ("old", "eager", "fp32", "compile", "channels_last")
+VARIANTS = ("old", "eager", "fp32", "compile", "cudagraphs", "channels_last")
 
 
 def make_variants(spec: dict, train: dict, images, labels, device, old, batch: int,
@@ -133,10 +137,11 @@ def make_variants(spec: dict, train: dict, images, labels, device, old, batch: i
     build = {"old": lambda: trainer(old), "eager": lambda: trainer(new),
              "fp32": lambda: trainer(new, {"amp": False}),
              "compile": lambda: trainer(new, {"compile": True}),
+             "cudagraphs": lambda: trainer(new, {"compile": "reduce-overhead"}),
              "channels_last": lambda: trainer(new, channels_last=True)}
     skip = {"old"} if old is None else set()
     if device.type != "cuda":
-        skip.add("fp32")  # autocast is CUDA-only: fp32 is what eager already is
+        skip |= {"fp32", "cudagraphs"}  # autocast and CUDA graphs are CUDA-only
     return {v: build[v]() for v in VARIANTS if v in wanted and v not in skip}
 
 
@@ -178,20 +183,27 @@ def bench_recipe(kind: str, args, images, labels, device, old) -> dict:
            "first_call_s": {v: round(s, 1) for v, s in first_call.items()}}
     if "old" in rates:
         row["ratio_to_old"] = {v: round(r / rates["old"], 3) for v, r in rates.items()}
+    if "eager" in rates:
+        row["ratio_to_eager"] = {v: round(rates[v] / rates["eager"], 3) for v in rates
+                                 if v in ("compile", "cudagraphs")}
     if "eager" in variants:
         ema = time_ema(variants["eager"])
         step_ms = 1000 * batch / rates["eager"]
         row.update({k: round(v, 3) for k, v in ema.items()})
         row["ema_share_of_step"] = round(ema["ema_foreach_ms"] / step_ms, 4)
-    if "compile" in first_call and "eager" in rates:  # compile time ≈ its first call minus a step
-        row["compile_seconds"] = round(first_call["compile"] - args.warmup * batch / rates["eager"], 1)
+    for v in ("compile", "cudagraphs"):  # compile time ≈ its first call minus a step
+        if v in first_call and "eager" in rates:
+            row[f"{v}_seconds"] = round(first_call[v] - args.warmup * batch / rates["eager"], 1)
     return row
 
 
 def markdown(rows: list[dict], device: torch.device) -> str:
     variants = [v for v in VARIANTS if any(v in r["images_per_s"] for r in rows)]
-    lines = [f"| recipe ({device.type}) | batch | " + " | ".join(variants) + " | EMA update (share) |",
-             "|---|---|" + "---|" * len(variants) + "---|"]
+    compiled = [v for v in ("compile", "cudagraphs") if v in variants and any(
+        v in r.get("ratio_to_eager", {}) for r in rows)]
+    lines = [f"| recipe ({device.type}) | batch | " + " | ".join(variants)
+             + "".join(f" | {v}/eager (compile s)" for v in compiled) + " | EMA update (share) |",
+             "|---|---|" + "---|" * (len(variants) + len(compiled)) + "---|"]
     for r in rows:
         cells = []
         for v in variants:
@@ -200,6 +212,9 @@ def markdown(rows: list[dict], device: torch.device) -> str:
             cells.append("—" if rate is None else f"{rate:.1f}" + (f" (×{ratio:.2f})" if ratio and v != "old" else ""))
         ema = (f"{r['ema_foreach_ms']:.1f} ms ({100 * r['ema_share_of_step']:.1f} %), "
                f"loop {r['ema_loop_ms']:.1f} ms" if "ema_foreach_ms" in r else "—")
+        for v in compiled:
+            ratio, secs = r.get("ratio_to_eager", {}).get(v), r.get(f"{v}_seconds")
+            cells.append("—" if ratio is None else f"×{ratio:.2f} ({secs:.0f} s)")
         lines.append(f"| {r['recipe']} | {r['batch']} | " + " | ".join(cells) + f" | {ema} |")
     return "\n".join(lines)
 

@@ -231,9 +231,12 @@ def add_train(subparsers) -> None:
     p.add_argument("--sample-steps", type=_positive_int, default=50,
                    help="DDIM steps for OUT/samples.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training loss (pays off on long GPU runs; see "
-                        "benchmarks/README.md)")
+    p.add_argument("--compile", nargs="?", const="default", default=False,
+                   choices=["default", "reduce-overhead", "aot_eager"],
+                   help="torch.compile the training loss, forward and backward, as one graph "
+                        "(TrainConfig.compile; 'aot_eager' skips code generation); the first "
+                        "steps pay minutes of compilation; measured speed-ups, CPU only so far: "
+                        "benchmarks/README.md")
     p.set_defaults(func=run_train)
 
 

@@ -8,9 +8,11 @@ Any ``nn.Module`` with ``loss(x0, y) -> {"loss": total, ...parts}`` and ``spec()
 here (``DiffusionModel``, the joint model, or a toy model in a test).
 
 Speed: the dataset is copied to the device once and batches are gathered there; AdamW is the
-fused kernel; on CUDA the forward runs under bf16 autocast; ``TrainConfig(compile=True)`` adds
-``torch.compile``; the host waits for the device only at logging/checkpoint steps. Measured
-images/s: benchmarks/README.md (``python benchmarks/bench_train.py``).
+fused kernel; on CUDA the forward runs under bf16 autocast. The Trainer itself waits for the device
+only at logging/checkpoint steps, and the shipped models' losses have no host-device sync either
+(no data-dependent branch: ``tests/test_graph_breaks.py`` finds 0 graph breaks), so
+``TrainConfig(compile=True)`` compiles the whole loss, forward and backward, as one graph.
+Measured images/s, eager and compiled: benchmarks/README.md (``python benchmarks/bench_train.py``).
 
 Resume is *exact*: the Trainer draws its own batches from the resident tensors (epoch ``e`` is the
 permutation ``torch.randperm(N, generator=Generator().manual_seed(seed * 1_000_003 + e))``, step
@@ -74,6 +76,10 @@ __all__ = [
 CHECKPOINT_FORMAT = "jdm-checkpoint"
 CHECKPOINT_VERSION = 1
 
+# TrainConfig.compile → torch.compile's arguments (always fullgraph=True: a graph break fails loudly)
+COMPILE_MODES = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"},
+                 "aot_eager": {"backend": "aot_eager"}}
+
 # Changing these between an interrupted run and its resume changes the run itself (other batches,
 # another optimiser trajectory); the others (steps, logging, checkpointing) are safe to change.
 _TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "ema_decay", "ema_warmup", "grad_clip",
@@ -102,9 +108,14 @@ class TrainConfig:
             last one (0 = never by time), so a long run never has much to lose.
         seed: seeds the global RNG at step 0 and the batch order.
         amp: bf16 autocast for the forward pass; used only on CUDA.
-        compile: run the model's loss through ``torch.compile`` (opt-in: the first steps pay the
-            compilation; benchmarks/README.md has the measured gain). Compiled random numbers
-            differ from eager ones, so a run is repeatable but not bit-identical to an eager one.
+        compile: run the model's loss, forward and backward, through ``torch.compile`` as one
+            graph (``fullgraph=True``): False = eager; True or ``"default"`` = inductor;
+            ``"reduce-overhead"`` = inductor with CUDA graphs (not measured yet);
+            ``"aot_eager"`` = the same single graph and AOT backward without code generation
+            (what the CPU tests and the dry run use: inductor's C++ build takes minutes on a
+            small CPU). The first steps pay the compilation; benchmarks/README.md has the
+            measured speed. Compiled random numbers differ from eager ones, so a run is
+            repeatable but not bit-identical to an eager one.
         labelled_batch_size: 0 = every step is ``batch_size`` images drawn from all the data with
             their labels. L > 0 (semi-supervised, labels −1 = unlabelled): every step is
             ``batch_size`` images drawn from all the data with their labels *hidden* (−1: the
@@ -129,7 +140,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
     amp: bool = True
-    compile: bool = False
+    compile: bool | str = False
     labelled_batch_size: int = 0
 
     def __post_init__(self) -> None:
@@ -143,6 +154,8 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.labelled_batch_size >= 0, "labelled_batch_size must be >= 0 (0 = plain batches), "
                                             f"got {self.labelled_batch_size}"),
+            (self.compile in (False, True, *COMPILE_MODES),
+             f"compile must be False, True or one of {list(COMPILE_MODES)}, got {self.compile!r}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
             (self.checkpoint_every >= 0,
@@ -466,7 +479,10 @@ class Trainer:
         self.ema_model = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema_model.eval()  # only ever evaluated or sampled from (no dropout)
         # torch.compile wraps the bound method, so state_dict keys and checkpoints are unchanged
-        self._loss_fn = torch.compile(model.loss) if config.compile else model.loss
+        self._loss_fn = model.loss
+        if config.compile:
+            options = COMPILE_MODES["default" if config.compile is True else config.compile]
+            self._loss_fn = torch.compile(model.loss, fullgraph=True, **options)
         self.step = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumes
