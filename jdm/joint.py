@@ -114,9 +114,11 @@ def augment_images(x: Tensor, max_shift: int = 2, flip: bool = True,
         padded = F.pad(x, (p, p, p, p), mode="replicate")  # (N, C, H + 2p, W + 2p)
         rows = torch.arange(h, device=x.device)[None, :] + shifts[0][:, None]  # (N, H)
         cols = torch.arange(w, device=x.device)[None, :] + shifts[1][:, None]  # (N, W)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        # advanced indexing → (N, H, W, C); move channels back
-        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        c = x.shape[1]
+        # two gathers (rows, then columns) rather than advanced indexing: the same pixels, and a
+        # graph that torch.compile's AOT autograd traces (the indexing's permutes failed there)
+        x = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * p))  # (N, C, H, W + 2p)
+        x = x.gather(3, cols[:, None, None, :].expand(n, c, h, w))               # (N, C, H, W)
     return x.contiguous()
 
 
