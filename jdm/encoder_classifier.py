@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classifier import ClassifierHead
-from .diffusion import MODEL_KINDS
+from .diffusion import MODEL_KINDS, take_rows
 from .inputs import check_images
 from .joint import augment_images
 from .unet import UNet, UNetConfig
@@ -80,8 +80,11 @@ class EncoderClassifier(nn.Module):
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.head(self.unet.encode(x, t))
 
-    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None,
+             rows: Tensor | None = None) -> dict[str, Tensor]:
         """Cross-entropy over the labelled images (y >= 0) of the batch; 0 if there are none.
+        ``rows``: compute on these rows only, after augmenting the whole batch (distributed
+        training, see ``DiffusionModel.diffusion_loss``).
 
         Returns ``{"loss", "classification", "accuracy"}`` (scalars), as the joint model names them.
         """
@@ -92,8 +95,9 @@ class EncoderClassifier(nn.Module):
         # batch without labels gives 0 (the count is clamped to 1)
         y = y.long()
         labelled = y >= 0
-        count = labelled.sum().clamp(min=1)
         x = augment_images(x0) if self.augment and self.training else x0
+        x, y, labelled = take_rows(rows, x, y, labelled)
+        count = labelled.sum().clamp(min=1)
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         logits = self.head(self.unet.encode(x, t))  # classify() without its scale check (a sync)
         ce = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / count

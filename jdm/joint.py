@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .classifier import ClassifierHead
-from .diffusion import MODEL_KINDS, DiffusionModel
+from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
 from .inputs import check_images, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
 from .schedule import NoiseSchedule, values_checkable
@@ -200,12 +200,15 @@ class JointDiffusion(DiffusionModel):
         return check_timesteps(t, n, self.schedule.num_steps, device)
 
     # ------------------------------------------------------------------------------ the loss
-    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None,
+             rows: Tensor | None = None) -> dict[str, Tensor]:
         """The joint loss L = L_simple + α · CE (Deja et al. 2023, Sec. 3) and its parts.
 
         Args:
             x0: (N, C, H, W) clean images in [-1, 1].
             y: (N,) integer labels, −1 for unlabelled images; None = no labels at all.
+            rows: (M,) long, compute on these rows only, after drawing t, ε and the augmentation
+                for the whole batch (distributed training, see ``DiffusionModel.diffusion_loss``).
 
         Returns:
             ``{"loss": L, "diffusion": L_simple, "classification": CE on clean images,
@@ -214,13 +217,16 @@ class JointDiffusion(DiffusionModel):
             (x_t, t)) when ``noise_aware``. All scalars.
         """
         self._check_images(x0)
-        n = x0.shape[0]
+        y = self._check_labels(y, x0.shape[0]) if y is not None else None
         zero = x0.new_zeros(())
 
         # L_simple, drawn in the same order as DiffusionModel.diffusion_loss (t, then ε): with
         # α = 0 the two models' losses agree under the same seed.
-        t = self.schedule.sample_timesteps(n).to(x0.device)
+        t = self.schedule.sample_timesteps(x0.shape[0]).to(x0.device)
         noise = torch.randn_like(x0)
+        batch = x0  # the whole batch: the augmentation below is drawn for all of it too
+        x0, t, noise = take_rows(rows, x0, t, noise)
+        n = x0.shape[0]
         feats = self.unet.encode(self.schedule.q_sample(x0, t, noise), t)
         diffusion = F.mse_loss(self.unet.decode(feats, t), noise)
 
@@ -229,10 +235,10 @@ class JointDiffusion(DiffusionModel):
             # Masked over the whole batch, never ``x0[y >= 0]``: no data-dependent shape, so no
             # host-device sync and no graph break. Unlabelled rows (−1) are ignored by the CE and
             # the accuracy; a batch without labels gives 0 (the count is clamped to 1).
-            y = self._check_labels(y, n)
+            x_c = augment_images(batch) if self.augment and self.training else batch
+            x_c, y = take_rows(rows, x_c, y)
             labelled = y >= 0
             count = labelled.sum().clamp(min=1)
-            x_c = augment_images(x0) if self.augment and self.training else x0
             logits = self._logits(x_c, self._timesteps(0, n, x0.device))
             classification = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / count
             accuracy = ((logits.argmax(1) == y) & labelled).sum() / count

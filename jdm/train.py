@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .distributed import Distributed
 from .inputs import check_image_range
 from .utils import eval_mode, get_device, seed_everything
 
@@ -418,6 +419,9 @@ class Trainer:
         device: where to train (default ``get_device()``).
         progress: show a tqdm progress bar; without it, print one line per logged step (for logs
             of background runs).
+        distributed: this process's rank in a ``torchrun`` job (``jdm.distributed``), or None
+            to train alone. ``config.batch_size`` is then the global batch, split over the ranks;
+            rank 0 alone writes checkpoints and logs.
 
     Attributes:
         model; ema_model (an ``AveragedModel``, kept in eval mode; the averaged network is
@@ -435,6 +439,7 @@ class Trainer:
         eval_fn=None,
         device: str | torch.device | None = None,
         progress: bool = True,
+        distributed: Distributed | None = None,
     ) -> None:
         if not isinstance(images, Tensor) or images.dim() != 4:
             raise ValueError("images must be a float tensor of shape (N, C, H, W), got "
@@ -472,7 +477,9 @@ class Trainer:
         self.labels = labels.to(self.device) if labels is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.eval_fn = eval_fn
-        self.progress = progress
+        self._dist = distributed
+        self._main = distributed is None or distributed.is_main  # writes checkpoints and logs
+        self.progress = progress and self._main
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay,
                                            fused=_fused_adamw_supported(self.device))
@@ -483,6 +490,9 @@ class Trainer:
         if config.compile:
             options = COMPILE_MODES["default" if config.compile is True else config.compile]
             self._loss_fn = torch.compile(model.loss, fullgraph=True, **options)
+        if distributed is not None:  # each rank computes its rows of the global batch
+            self._loss_fn = distributed.wrap(model, self._loss_fn, distributed.rows(
+                config.batch_size, config.labelled_batch_size))
         self.step = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumes
@@ -617,7 +627,9 @@ class Trainer:
                 self._watch(parts)
                 log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
-                save_now = self.out_dir is not None and (
+                if self._dist is not None:  # all ranks stop after the same step
+                    self._stop_signal = self._dist.agree_stop(self._stop_signal)
+                save_now = self.out_dir is not None and self._main and (
                     self.step == cfg.steps
                     or bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
                     or self._save_due())
@@ -633,7 +645,8 @@ class Trainer:
                 record: dict = {}
                 if log_now:
                     now = time.perf_counter()
-                    means = (torch.stack(list(sums.values())) / n_summed).tolist()
+                    means = torch.stack(list(sums.values())) / n_summed
+                    means = (self._dist.mean(means) if self._dist else means).tolist()
                     record.update(zip(sums, means))
                     record["lr"] = self.optimizer.param_groups[0]["lr"]
                     record["s/it"] = (now - t_window) / n_summed
@@ -644,7 +657,7 @@ class Trainer:
                     self.model.train()
                 if record:
                     self.history.append({"step": self.step, **record})
-                    if not self.progress:  # a background run still leaves a readable log
+                    if not self.progress and self._main:  # a background run leaves a log
                         print(f"step {self.step}/{cfg.steps} " + " ".join(
                             f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)),
                             flush=True)
@@ -661,11 +674,11 @@ class Trainer:
     def _begin(self, resume: bool) -> None:
         """Start of ``fit``: lock ``out_dir``, remove stale temporary files, resume or seed, and
         catch SIGINT/SIGTERM. ``_end`` undoes the lock and the handlers."""
-        self._lock = RunLock(self.out_dir) if self.out_dir is not None else None
+        self._lock = RunLock(self.out_dir) if self.out_dir is not None and self._main else None
         if self._lock is not None:
             self._lock.__enter__()
         try:
-            if self.out_dir is not None:
+            if self._lock is not None:
                 _clean_stale_tmp(self.out_dir)
             path = self.checkpoint_path
             if resume and path is not None and path.exists():
@@ -719,9 +732,12 @@ class Trainer:
 
     def _interrupted(self) -> None:
         """Save the state after this step (unless just saved) and raise ``TrainingInterrupted``."""
-        if self.out_dir is not None and (self._saved is None or self._saved[1] != self.step):
+        if self.out_dir is not None and self._main and (
+                self._saved is None or self._saved[1] != self.step):
             self._check_finite()
             self.save_checkpoint()  # a signal during eval_fn arrives after this step's save check
+        if self._dist is not None:
+            self._dist.barrier()  # no rank exits (which ends the job) before rank 0 has saved
         signum, saved = self._stop_signal, self._saved
         where = (f"saved {saved[0]} at step {saved[1]}; continue with fit(resume=True) "
                  "(python -m jdm train: the same command with --resume)" if saved is not None
