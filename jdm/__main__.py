@@ -426,8 +426,7 @@ def _train(args: argparse.Namespace, dist=None) -> int:
         return 1
     except TrainingInterrupted as err:
         again = shlex.join(args.argv + ([] if args.resume else ["--resume"]))
-        launcher = ("python -m jdm" if dist is None else
-                    f"torchrun <the same options, e.g. --nproc_per_node={dist.world_size}> -m jdm")
+        launcher = "python -m jdm" if dist is None else dist.launcher()
         if main_rank:
             print(f"jdm train: {err}\nresume with: {launcher} {again}", file=sys.stderr)
         return 128 + err.signal
@@ -445,7 +444,7 @@ def _train(args: argparse.Namespace, dist=None) -> int:
                if args.model in ("joint", "classifier", "evaluator") else {})
     if hasattr(ema, "sample"):
         metrics.update(_generation_metrics(ema, args, device))
-    command = "python -m jdm " + shlex.join(args.argv)
+    command = ("python -m jdm " if dist is None else dist.launcher() + " ") + shlex.join(args.argv)
     log = {
         "command": command,
         "hardware": hardware_string(device),

@@ -56,6 +56,13 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def launcher(self) -> str:
+        """The torchrun command line's start that runs this job's shape (for logs and manifests)."""
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+        nodes = self.world_size // per_node
+        return ("torchrun " + (f"--nnodes={nodes} --rdzv-endpoint=HOST:PORT " if nodes > 1 else "")
+                + f"--nproc_per_node={per_node} -m jdm")
+
     def rows(self, batch_size: int, labelled_batch_size: int = 0) -> Tensor:
         """This rank's rows (M,) long of a global batch of ``batch_size`` images followed by
         ``labelled_batch_size`` labelled ones: an equal contiguous share of each part, so every
