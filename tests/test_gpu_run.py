@@ -130,3 +130,19 @@ def test_nproc_and_compile_reach_the_training_commands(tmp_path):
                                                                            budget=None)), False)
     for command in driver.train_commands(plain, alpha_run=False).values():
         assert command[1:4] == ["-m", "jdm", "train"] and "--compile" not in command
+
+
+def test_the_paper_recipe_reaches_the_training_commands(tmp_path):
+    driver = load_driver()
+    args = driver.argparse.Namespace(dry_run=False, budget=None, recipe="paper")
+    run = driver.Run(tmp_path, driver.settings(args), dry_run=False)
+    commands = driver.train_commands(run, alpha_run=True)
+    assert set(commands) == {"ddpm-fmnist-paper-gpu", "classifier-fmnist-paper-gpu",
+                             "joint-fmnist-paper-gpu", "joint-fmnist-paper-gpu-alpha0.001"}
+    for command in commands.values():
+        flags = " ".join(command)
+        assert "--config fmnist-paper " in flags and "--timesteps 500 " in flags
+        assert "--dropout 0.3 " in flags
+    alpha = driver.recipe_flags().alpha  # the course's α, the shipped joint recipe's
+    assert f"--alpha {alpha} " in " ".join(commands["joint-fmnist-paper-gpu"]) and alpha != 0.001
+    assert "--alpha 0.001 " in " ".join(commands["joint-fmnist-paper-gpu-alpha0.001"])

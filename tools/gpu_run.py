@@ -50,6 +50,18 @@ GRACE_S = 8  # between SIGTERM and SIGKILL for a command past its time
 RECIPE = "joint-fmnist-small"  # the shipped joint model whose command gives the training flags
 
 
+# Named training recipes (--recipe): what replaces the shipped joint recipe's flags. Under each,
+# the trio plus the joint run at α = 0.001: "joint" trains at the course's α (the shipped recipe's),
+# "joint-alpha" at the authors' 0.001, e.g. joint-fmnist-paper-gpu and
+# joint-fmnist-paper-gpu-alpha0.001 for the paper's Fashion-MNIST setting.
+RECIPES = {
+    "course": {},  # the shipped CPU recipe's UNet flags, on the --config preset
+    # the authors' Fashion-MNIST run: their UNet (jdm.unet, 8.2 M parameters here), T = 500 with
+    # β scaled by 1000/T (jdm.schedule.linear_betas), dropout 0.3
+    "paper": {"config": "fmnist-paper", "timesteps": 500, "dropout": 0.3},
+}
+
+
 def run_name(kind: str, config: str) -> str:
     """The exported name of one run, e.g. ``joint-fmnist-small-gpu`` (``joint-alpha``: the joint
     run at α = 0.001, ``joint-fmnist-small-gpu-alpha0.001``)."""
@@ -73,6 +85,8 @@ class Settings:
     max_steps: int
     fd_samples: int
     lr: float | None = None  # None: the shipped joint recipe's
+    timesteps: int | None = None  # None: the shipped joint recipe's
+    dropout: float | None = None  # None: the shipped joint recipe's
     nproc: int = 1  # ranks per training run (torchrun --nproc_per_node; 1 = plain python)
     compile: str | None = None  # jdm train --compile MODE (None = eager)
     train_extra: list[str] = field(default_factory=list)  # e.g. --limit for the dry run
@@ -85,6 +99,8 @@ def settings(args: argparse.Namespace) -> Settings:
     """The run's settings: the dry run's or the GPU's, then the command line's overrides of the
     trio's UNet, batch, learning rate and calibration."""
     s = base_settings(args)
+    for key, value in RECIPES[getattr(args, "recipe", None) or "course"].items():
+        setattr(s, key, value)
     for key in ("config", "batch_size", "lr", "calibration_steps", "nproc", "compile"):
         if getattr(args, key, None) is not None:
             setattr(s, key, getattr(args, key))
@@ -283,11 +299,13 @@ def train_commands(run: Run, alpha_run: bool) -> dict[str, list[str]]:
     r, s = recipe_flags(), run.s
     common = ["--config", s.config, "--batch-size", str(s.batch_size), "--lr", str(s.lr or r.lr),
               "--warmup-steps", str(r.warmup_steps), "--ema-decay", str(r.ema_decay),
-              "--timesteps", str(r.timesteps), "--schedule", r.schedule, "--seed", str(r.seed),
+              "--timesteps", str(s.timesteps or r.timesteps), "--schedule", r.schedule,
+              "--seed", str(r.seed),
               "--checkpoint-every", str(s.checkpoint_every), "--log-every", str(s.log_every),
               "--device", s.device, "--no-progress", *s.train_extra]
-    if r.dropout is not None:
-        common += ["--dropout", str(r.dropout)]
+    dropout = s.dropout if s.dropout is not None else r.dropout
+    if dropout is not None:
+        common += ["--dropout", str(dropout)]
     if s.compile:
         common += ["--compile", s.compile]
     head = ["--head-hidden", str(r.head_hidden), "--head-dropout", str(r.head_dropout)]
@@ -433,7 +451,12 @@ def main(argv: list[str] | None = None) -> int:
                         "aot_eager)")
     p.add_argument("--nproc", type=int, help="ranks per training run: torchrun "
                    "--nproc_per_node (default 1; dry run 2, on gloo); --batch-size is global")
-    p.add_argument("--config", help="UNet preset of the trio (default fmnist-small; dry run tiny)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="course",
+                   help="named training recipe: 'paper' = the authors' Fashion-MNIST UNet "
+                        "(fmnist-paper), T = 500, dropout 0.3; joint runs at the course's α and "
+                        "at 0.001 (the alpha run)")
+    p.add_argument("--config", help="UNet preset of the trio (default fmnist-small; dry run tiny; "
+                                    "--recipe paper: fmnist-paper)")
     p.add_argument("--batch-size", type=int, help="training batch of the trio (default 1024; dry run 16)")
     p.add_argument("--lr", type=float, help="learning rate of the trio (default 1e-3; dry run: the shipped recipe's)")
     p.add_argument("--calibration-steps", type=int, help="steps of the rate-measuring segment (default 100)")
