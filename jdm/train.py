@@ -485,6 +485,9 @@ class Trainer:
                                            fused=_fused_adamw_supported(self.device))
         self.ema_model = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema_model.eval()  # only ever evaluated or sampled from (no dropout)
+        # swa_utils branches on its update counter (`if n_averaged > 0`) every update: kept on the
+        # CPU, that reads host memory instead of waiting for the GPU
+        self.ema_model.n_averaged = self.ema_model.n_averaged.cpu()
         # torch.compile wraps the bound method, so state_dict keys and checkpoints are unchanged
         self._loss_fn = model.loss
         if config.compile:
