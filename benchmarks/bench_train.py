@@ -6,9 +6,14 @@ change it) it times full optimiser steps of ``jdm.train.Trainer.fit`` (loss, bac
 AdamW, EMA) in images/s:
 
 * ``old``           — the Trainer before the GPU-speed work (``--old-rev``, loaded from git), as shipped;
+* ``base``          — the whole ``jdm`` package (models, losses, Trainer) at ``--base-rev``, loaded
+                      from git as ``jdm_base``: today's code against a revision of it, in one run;
 * ``eager``         — today's Trainer as shipped (bf16 autocast on CUDA, fused AdamW, data on the device);
 * ``fp32``          — today's Trainer without autocast (CUDA only: what bf16 buys);
-* ``compile``       — ``TrainConfig(compile=True)``; its compile time is reported apart;
+* ``compile``       — ``TrainConfig(compile=True)``: the whole loss, forward and backward, as one
+                      inductor graph; its compile time is reported apart, and its speed as a ratio
+                      to ``eager`` (``compile/eager``);
+* ``cudagraphs``    — ``TrainConfig(compile="reduce-overhead")``: the same with CUDA graphs (CUDA only);
 * ``channels_last`` — model converted with ``.to(memory_format=torch.channels_last)``.
 
 After one warm-up call each, timed trials of the variants alternate (forward, then reversed order),
@@ -16,6 +21,8 @@ and medians are reported, so a machine whose load drifts penalises all alike. It
 EMA update (torch.optim.swa_utils, a foreach lerp) against a per-tensor loop, and its share of a step.
 
     python benchmarks/bench_train.py --threads 1            # CPU: the table in benchmarks/README.md
+    python benchmarks/bench_train.py --threads 1 --variants eager compile --old-rev ''   # compiled vs eager
+    python benchmarks/bench_train.py --threads 1 --variants base eager --old-rev '' --base-rev 946d75c
     python benchmarks/bench_train.py --device cuda --config fmnist --batch 256 --steps 20
 """
 from __future__ import annotations
@@ -92,6 +99,24 @@ def load_old_trainer(rev: str) -> ModuleType | None:
     return module
 
 
+def load_package_at(rev: str) -> ModuleType | None:
+    """The ``jdm`` package as of git revision ``rev``, imported as ``jdm_base`` (its relative
+    imports resolve inside it), or None without git."""
+    folder = Path(tempfile.mkdtemp())
+    try:
+        archive = subprocess.run(["git", "archive", rev, "jdm"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    spec = importlib.util.spec_from_file_location(
+        "jdm_base", folder / "jdm" / "__init__.py", submodule_search_locations=[str(folder / "jdm")])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["jdm_base"] = package
+    spec.loader.exec_module(package)
+    return package
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -107,11 +132,11 @@ def run_steps(trainer, steps: int) -> float:
     return time.perf_counter() - start
 
 
-VARIANTS = ("old", "eager", "fp32", "compile", "channels_last")
+VARIANTS = ("old", "base", "eager", "fp32", "compile", "cudagraphs", "channels_last")
 
 
 def make_variants(spec: dict, train: dict, images, labels, device, old, batch: int,
-                  wanted: list[str]) -> dict:
+                  wanted: list[str], base: ModuleType | None = None) -> dict:
     """{variant name: Trainer} for one recipe (those of ``wanted`` that apply to ``device``),
     each from the same initial weights."""
     torch.manual_seed(0)
@@ -119,8 +144,12 @@ def make_variants(spec: dict, train: dict, images, labels, device, old, batch: i
     settings = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
     settings.update(batch_size=batch, log_every=10**9, checkpoint_every=0, steps=1)
 
-    def trainer(module, overrides: dict | None = None, channels_last: bool = False):
+    def trainer(module, overrides: dict | None = None, channels_last: bool = False,
+                package: ModuleType | None = None):
         m = copy.deepcopy(model)
+        if package is not None:  # the same weights in the other revision's classes
+            m = package.diffusion.build_model(spec)
+            m.load_state_dict(model.state_dict())
         if channels_last:
             m = m.to(memory_format=torch.channels_last)
         # the old Trainer predates some fields (e.g. checkpoint_minutes): give each only its own
@@ -131,12 +160,14 @@ def make_variants(spec: dict, train: dict, images, labels, device, old, batch: i
 
     import jdm.train as new
     build = {"old": lambda: trainer(old), "eager": lambda: trainer(new),
+             "base": lambda: trainer(base.train, package=base),
              "fp32": lambda: trainer(new, {"amp": False}),
              "compile": lambda: trainer(new, {"compile": True}),
+             "cudagraphs": lambda: trainer(new, {"compile": "reduce-overhead"}),
              "channels_last": lambda: trainer(new, channels_last=True)}
-    skip = {"old"} if old is None else set()
+    skip = ({"old"} if old is None else set()) | ({"base"} if base is None else set())
     if device.type != "cuda":
-        skip.add("fp32")  # autocast is CUDA-only: fp32 is what eager already is
+        skip |= {"fp32", "cudagraphs"}  # autocast and CUDA graphs are CUDA-only
     return {v: build[v]() for v in VARIANTS if v in wanted and v not in skip}
 
 
@@ -159,7 +190,8 @@ def time_ema(trainer: Trainer, reps: int = 20) -> dict:
 def bench_recipe(kind: str, args, images, labels, device, old) -> dict:
     name, spec, train = recipe(kind, args.config)
     batch = args.batch or train["batch_size"]
-    variants = make_variants(spec, train, images, labels, device, old, batch, args.variants)
+    variants = make_variants(spec, train, images, labels, device, old, batch, args.variants,
+                             args.base)
     first_call = {}
     for vname, tr in list(variants.items()):  # warm-up: first call pays compilation, caches
         try:
@@ -178,20 +210,29 @@ def bench_recipe(kind: str, args, images, labels, device, old) -> dict:
            "first_call_s": {v: round(s, 1) for v, s in first_call.items()}}
     if "old" in rates:
         row["ratio_to_old"] = {v: round(r / rates["old"], 3) for v, r in rates.items()}
+    if "eager" in rates:
+        row["ratio_to_eager"] = {v: round(rates[v] / rates["eager"], 3) for v in rates
+                                 if v in ("compile", "cudagraphs")}
+        if "base" in rates:  # today's eager against the base revision's
+            row["eager_to_base"] = round(rates["eager"] / rates["base"], 3)
     if "eager" in variants:
         ema = time_ema(variants["eager"])
         step_ms = 1000 * batch / rates["eager"]
         row.update({k: round(v, 3) for k, v in ema.items()})
         row["ema_share_of_step"] = round(ema["ema_foreach_ms"] / step_ms, 4)
-    if "compile" in first_call and "eager" in rates:  # compile time ≈ its first call minus a step
-        row["compile_seconds"] = round(first_call["compile"] - args.warmup * batch / rates["eager"], 1)
+    for v in ("compile", "cudagraphs"):  # compile time ≈ its first call minus a step
+        if v in first_call and "eager" in rates:
+            row[f"{v}_seconds"] = round(first_call[v] - args.warmup * batch / rates["eager"], 1)
     return row
 
 
 def markdown(rows: list[dict], device: torch.device) -> str:
     variants = [v for v in VARIANTS if any(v in r["images_per_s"] for r in rows)]
-    lines = [f"| recipe ({device.type}) | batch | " + " | ".join(variants) + " | EMA update (share) |",
-             "|---|---|" + "---|" * len(variants) + "---|"]
+    compiled = [v for v in ("compile", "cudagraphs") if v in variants and any(
+        v in r.get("ratio_to_eager", {}) for r in rows)]
+    lines = [f"| recipe ({device.type}) | batch | " + " | ".join(variants)
+             + "".join(f" | {v}/eager (compile s)" for v in compiled) + " | EMA update (share) |",
+             "|---|---|" + "---|" * (len(variants) + len(compiled)) + "---|"]
     for r in rows:
         cells = []
         for v in variants:
@@ -200,6 +241,11 @@ def markdown(rows: list[dict], device: torch.device) -> str:
             cells.append("—" if rate is None else f"{rate:.1f}" + (f" (×{ratio:.2f})" if ratio and v != "old" else ""))
         ema = (f"{r['ema_foreach_ms']:.1f} ms ({100 * r['ema_share_of_step']:.1f} %), "
                f"loop {r['ema_loop_ms']:.1f} ms" if "ema_foreach_ms" in r else "—")
+        for v in compiled:
+            ratio, secs = r.get("ratio_to_eager", {}).get(v), r.get(f"{v}_seconds")
+            cells.append("—" if ratio is None else f"×{ratio:.2f} ({secs:.0f} s)")
+        if "eager_to_base" in r:
+            cells[variants.index("eager")] += f" (×{r['eager_to_base']:.2f} base)"
         lines.append(f"| {r['recipe']} | {r['batch']} | " + " | ".join(cells) + f" | {ema} |")
     return "\n".join(lines)
 
@@ -218,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, default=4096, help="training images resident (a subset)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--old-rev", default=OLD_REV, help="git revision of the 'old' Trainer ('' = skip)")
+    p.add_argument("--base-rev", default=None, help="git revision of the whole jdm package for "
+                   "the 'base' variant (e.g. the branch point, to compare today's code with it)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
     if args.threads:
@@ -226,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     old = load_old_trainer(args.old_rev) if args.old_rev else None
     if args.old_rev and old is None:
         print(f"no git revision {args.old_rev} here: the 'old' column is skipped", file=sys.stderr)
+    args.base = load_package_at(args.base_rev) if args.base_rev else None
+    if "base" in args.variants and args.base is None:
+        print("no --base-rev (or no git): the 'base' column is skipped", file=sys.stderr)
     images, labels = load_tensors("fashion_mnist", train=True)
     images, labels = images[:args.images], labels[:args.images]
     start = time.perf_counter()

@@ -231,9 +231,12 @@ def add_train(subparsers) -> None:
     p.add_argument("--sample-steps", type=_positive_int, default=50,
                    help="DDIM steps for OUT/samples.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training loss (pays off on long GPU runs; see "
-                        "benchmarks/README.md)")
+    p.add_argument("--compile", nargs="?", const="default", default=False,
+                   choices=["default", "reduce-overhead", "aot_eager"],
+                   help="torch.compile the training loss, forward and backward, as one graph "
+                        "(TrainConfig.compile; 'aot_eager' skips code generation); the first "
+                        "steps pay minutes of compilation; measured speed-ups, CPU only so far: "
+                        "benchmarks/README.md")
     p.set_defaults(func=run_train)
 
 
@@ -330,14 +333,26 @@ def _generation_metrics(model: torch.nn.Module, args: argparse.Namespace,
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Check --out, then train while holding its lock (a second run on it is refused)."""
+    """Check --out, then train while holding its lock (a second run on it is refused). Under
+    ``torchrun`` every rank trains its share and rank 0 holds the lock (``jdm.distributed``)."""
+    from contextlib import nullcontext
+
+    from .distributed import init_distributed
+
     check_out(args.out, "folder")
-    with RunLock(args.out):
-        return _train(args)
+    dist = init_distributed(get_device(args.device))  # None without torchrun
+    with RunLock(args.out) if dist is None or dist.is_main else nullcontext():
+        status = _train(args, dist)
+    if dist is not None and status == 0:  # (a broken group could hang here: left to the exit)
+        torch.distributed.destroy_process_group()
+    return status
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, dist=None) -> int:
+    from contextlib import nullcontext
+
     from .data import load_tensors
+    from .distributed import RankLost
     from .train import Trainer
 
     start = time.perf_counter()
@@ -368,7 +383,7 @@ def _train(args: argparse.Namespace) -> int:
                          log_every=args.log_every, checkpoint_every=args.checkpoint_every,
                          checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
                          compile=args.compile, labelled_batch_size=labelled_batch)
-    device = get_device(args.device)
+    device = get_device(args.device) if dist is None else dist.device
     torch.manual_seed(args.seed)  # the initial weights
     model = _build_model(args)
     if args.export:
@@ -401,16 +416,22 @@ def _train(args: argparse.Namespace) -> int:
                         "indices": keep.tolist()}
 
     trainer = Trainer(model, images, labels, config, out_dir=args.out, device=device,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, distributed=dist)
+    main_rank = dist is None or dist.is_main
     try:
-        history = trainer.fit(resume=args.resume)
-    except TrainingDiverged as err:
+        with dist.lost_ranks() if dist is not None else nullcontext():
+            history = trainer.fit(resume=args.resume)
+    except (TrainingDiverged, RankLost) as err:
         print(f"jdm train: {err}", file=sys.stderr)
         return 1
     except TrainingInterrupted as err:
-        again = args.argv + ([] if args.resume else ["--resume"])
-        print(f"jdm train: {err}\nresume with: python -m jdm {shlex.join(again)}", file=sys.stderr)
+        again = shlex.join(args.argv + ([] if args.resume else ["--resume"]))
+        launcher = "python -m jdm" if dist is None else dist.launcher()
+        if main_rank:
+            print(f"jdm train: {err}\nresume with: {launcher} {again}", file=sys.stderr)
         return 128 + err.signal
+    if not main_rank:
+        return 0  # rank 0 alone samples, measures, logs and exports
 
     ema = trainer.ema_model.module
     written = [checkpoint]
@@ -423,7 +444,7 @@ def _train(args: argparse.Namespace) -> int:
                if args.model in ("joint", "classifier", "evaluator") else {})
     if hasattr(ema, "sample"):
         metrics.update(_generation_metrics(ema, args, device))
-    command = "python -m jdm " + shlex.join(args.argv)
+    command = ("python -m jdm " if dist is None else dist.launcher() + " ") + shlex.join(args.argv)
     log = {
         "command": command,
         "hardware": hardware_string(device),

@@ -18,7 +18,7 @@ from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
 from .utils import eval_mode
 
-__all__ = ["DiffusionModel", "build_model", "MODEL_KINDS"]
+__all__ = ["DiffusionModel", "build_model", "take_rows", "MODEL_KINDS"]
 
 
 class DiffusionModel(nn.Module):
@@ -62,20 +62,27 @@ class DiffusionModel(nn.Module):
         weights = next(self.parameters())
         check_images(x, self.image_shape, dtype=weights.dtype, device=weights.device, clean=clean)
 
-    def diffusion_loss(self, x0: Tensor) -> Tensor:
+    def diffusion_loss(self, x0: Tensor, rows: Tensor | None = None) -> Tensor:
         """L_simple = E_{t, ε} ||ε − ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)||², averaged over pixels and batch
-        (DDPM Algorithm 1). x0: (N, C, H, W) in [-1, 1]. Returns a scalar."""
+        (DDPM Algorithm 1). x0: (N, C, H, W) in [-1, 1]. Returns a scalar.
+
+        ``rows`` (M,) long: compute the loss on those rows of the batch only, after drawing t and
+        ε for the whole batch (distributed training: each rank takes its rows of one global
+        draw, so the run does not depend on the number of ranks; ``jdm.distributed``)."""
         self._check_images(x0)
         t = self.schedule.sample_timesteps(x0.shape[0]).to(x0.device)
         noise = torch.randn_like(x0)
+        x0, t, noise = take_rows(rows, x0, t, noise)
         return F.mse_loss(self.unet(self.schedule.q_sample(x0, t, noise), t), noise)
 
-    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None,
+             rows: Tensor | None = None) -> dict[str, Tensor]:
         """The training loss and its parts: ``{"loss": total, "diffusion": L_simple}``.
 
-        ``y`` is accepted (and ignored) so every model trains through the same call.
+        ``y`` is accepted (and ignored) so every model trains through the same call; ``rows`` as
+        in ``diffusion_loss``.
         """
-        diffusion = self.diffusion_loss(x0)
+        diffusion = self.diffusion_loss(x0, rows)
         return {"loss": diffusion, "diffusion": diffusion}
 
     def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
@@ -118,6 +125,11 @@ class DiffusionModel(nn.Module):
                                steps=steps, eta=eta, generator=generator, device=device,
                                progress=progress, x_T=x_T, start_step=start_step,
                                return_trajectory=return_trajectory)
+
+
+def take_rows(rows: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor's ``rows`` (an index gather: no host-device sync), or the tensors as they are."""
+    return tensors if rows is None else tuple(x[rows] for x in tensors)
 
 
 MODEL_KINDS: dict[str, type[nn.Module]] = {"ddpm": DiffusionModel}

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classifier import ClassifierHead
-from .diffusion import MODEL_KINDS
+from .diffusion import MODEL_KINDS, take_rows
 from .inputs import check_images
 from .joint import augment_images
 from .unet import UNet, UNetConfig
@@ -80,24 +80,29 @@ class EncoderClassifier(nn.Module):
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.head(self.unet.encode(x, t))
 
-    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None,
+             rows: Tensor | None = None) -> dict[str, Tensor]:
         """Cross-entropy over the labelled images (y >= 0) of the batch; 0 if there are none.
+        ``rows``: compute on these rows only, after augmenting the whole batch (distributed
+        training, see ``DiffusionModel.diffusion_loss``).
 
         Returns ``{"loss", "classification", "accuracy"}`` (scalars), as the joint model names them.
         """
         self._check_images(x0)
         if y is None:
             raise ValueError("the classifier baseline needs labels (y), −1 for unlabelled images")
+        # masked over the whole batch (no x0[y >= 0]: no host-device sync, no graph break); a
+        # batch without labels gives 0 (the count is clamped to 1)
+        y = y.long()
         labelled = y >= 0
-        if not labelled.any():
-            zero = x0.new_zeros(()) + 0 * sum(p.sum() for p in self.head.parameters())
-            return {"loss": zero, "classification": zero.detach(), "accuracy": zero.detach()}
-        x, y = x0[labelled], y[labelled].long()
-        if self.augment and self.training:
-            x = augment_images(x)
-        logits = self.classify(x)
-        ce = F.cross_entropy(logits, y)
-        return {"loss": ce, "classification": ce, "accuracy": (logits.argmax(1) == y).float().mean()}
+        x = augment_images(x0) if self.augment and self.training else x0
+        x, y, labelled = take_rows(rows, x, y, labelled)
+        count = labelled.sum().clamp(min=1)
+        t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        logits = self.head(self.unet.encode(x, t))  # classify() without its scale check (a sync)
+        ce = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / count
+        accuracy = ((logits.argmax(1) == y) & labelled).sum() / count
+        return {"loss": ce, "classification": ce, "accuracy": accuracy}
 
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 512) -> Tensor:

@@ -45,11 +45,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .classifier import ClassifierHead
-from .diffusion import MODEL_KINDS, DiffusionModel
+from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
 from .inputs import check_images, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
-from .schedule import NoiseSchedule
-from .unet import Features, UNet
+from .schedule import NoiseSchedule, values_checkable
+from .unet import UNet
 from .utils import eval_mode
 
 __all__ = ["JointDiffusion", "augment_images", "DEFAULT_ALPHA"]
@@ -114,9 +114,11 @@ def augment_images(x: Tensor, max_shift: int = 2, flip: bool = True,
         padded = F.pad(x, (p, p, p, p), mode="replicate")  # (N, C, H + 2p, W + 2p)
         rows = torch.arange(h, device=x.device)[None, :] + shifts[0][:, None]  # (N, H)
         cols = torch.arange(w, device=x.device)[None, :] + shifts[1][:, None]  # (N, W)
-        batch = torch.arange(n, device=x.device)[:, None, None]
-        # advanced indexing → (N, H, W, C); move channels back
-        x = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        c = x.shape[1]
+        # two gathers (rows, then columns) rather than advanced indexing: the same pixels, and a
+        # graph that torch.compile's AOT autograd traces (the indexing's permutes failed there)
+        x = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * p))  # (N, C, H, W + 2p)
+        x = x.gather(3, cols[:, None, None, :].expand(n, c, h, w))               # (N, C, H, W)
     return x.contiguous()
 
 
@@ -181,11 +183,14 @@ class JointDiffusion(DiffusionModel):
 
     # ------------------------------------------------------------------------------ checks
     def _check_labels(self, y: Tensor, n: int) -> Tensor:
+        """(n,) long labels in −1..num_classes−1. Type and shape always; the values only where
+        that costs no host-device sync or graph break (``values_checkable``: the ``Trainer``
+        checks a CUDA data set's labels once, before training)."""
         if not isinstance(y, Tensor) or y.shape != (n,) or y.is_floating_point() or y.is_complex():
             raise ValueError(f"labels must be an integer tensor of shape ({n},) (−1 = unlabelled), "
                              f"got {tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__}"
                              + (f" of dtype {y.dtype}" if isinstance(y, Tensor) else ""))
-        if y.numel() and (y.min() < -1 or y.max() >= self.num_classes):
+        if y.numel() and values_checkable(y) and (y.min() < -1 or y.max() >= self.num_classes):
             raise ValueError(f"labels must lie in 0..{self.num_classes - 1}, or be −1 for "
                              f"unlabelled images; got values from {int(y.min())} to {int(y.max())}")
         return y.long()
@@ -195,12 +200,15 @@ class JointDiffusion(DiffusionModel):
         return check_timesteps(t, n, self.schedule.num_steps, device)
 
     # ------------------------------------------------------------------------------ the loss
-    def loss(self, x0: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None,
+             rows: Tensor | None = None) -> dict[str, Tensor]:
         """The joint loss L = L_simple + α · CE (Deja et al. 2023, Sec. 3) and its parts.
 
         Args:
             x0: (N, C, H, W) clean images in [-1, 1].
             y: (N,) integer labels, −1 for unlabelled images; None = no labels at all.
+            rows: (M,) long, compute on these rows only, after drawing t, ε and the augmentation
+                for the whole batch (distributed training, see ``DiffusionModel.diffusion_loss``).
 
         Returns:
             ``{"loss": L, "diffusion": L_simple, "classification": CE on clean images,
@@ -209,31 +217,34 @@ class JointDiffusion(DiffusionModel):
             (x_t, t)) when ``noise_aware``. All scalars.
         """
         self._check_images(x0)
-        n = x0.shape[0]
-        y = self._check_labels(y, n) if y is not None else torch.full((n,), -1, device=x0.device)
-        labelled = y >= 0
+        y = self._check_labels(y, x0.shape[0]) if y is not None else None
         zero = x0.new_zeros(())
 
         # L_simple, drawn in the same order as DiffusionModel.diffusion_loss (t, then ε): with
         # α = 0 the two models' losses agree under the same seed.
-        t = self.schedule.sample_timesteps(n).to(x0.device)
+        t = self.schedule.sample_timesteps(x0.shape[0]).to(x0.device)
         noise = torch.randn_like(x0)
+        batch = x0  # the whole batch: the augmentation below is drawn for all of it too
+        x0, t, noise = take_rows(rows, x0, t, noise)
+        n = x0.shape[0]
         feats = self.unet.encode(self.schedule.q_sample(x0, t, noise), t)
         diffusion = F.mse_loss(self.unet.decode(feats, t), noise)
 
         classification, accuracy, noisy = zero, zero, zero
-        if labelled.any():
-            y_l = y[labelled]
-            x_l = x0[labelled]
-            if self.augment and self.training:
-                x_l = augment_images(x_l)
-            logits = self._logits(x_l, self._timesteps(0, x_l.shape[0], x_l.device))
-            classification = F.cross_entropy(logits, y_l)
-            accuracy = (logits.argmax(1) == y_l).float().mean()
+        if y is not None:
+            # Masked over the whole batch, never ``x0[y >= 0]``: no data-dependent shape, so no
+            # host-device sync and no graph break. Unlabelled rows (−1) are ignored by the CE and
+            # the accuracy; a batch without labels gives 0 (the count is clamped to 1).
+            x_c = augment_images(batch) if self.augment and self.training else batch
+            x_c, y = take_rows(rows, x_c, y)
+            labelled = y >= 0
+            count = labelled.sum().clamp(min=1)
+            logits = self._logits(x_c, self._timesteps(0, n, x0.device))
+            classification = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / count
+            accuracy = ((logits.argmax(1) == y) & labelled).sum() / count
             if self.noise_aware:
-                # the same features the decoder used: (x_t, t) of the labelled examples
-                noisy = F.cross_entropy(self.head(Features(
-                    feats.bottleneck[labelled], [s[labelled] for s in feats.skips])), y_l)
+                # the same features the decoder used: (x_t, t)
+                noisy = F.cross_entropy(self.head(feats), y, ignore_index=-1, reduction="sum") / count
 
         total = diffusion + self.alpha * (classification + noisy)
         parts = {"loss": total, "diffusion": diffusion, "classification": classification,

@@ -23,7 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["linear_betas", "cosine_betas", "randn_like", "NoiseSchedule", "REFERENCE_STEPS"]
+__all__ = ["linear_betas", "cosine_betas", "randn_like", "extract", "values_checkable", "NoiseSchedule",
+           "REFERENCE_STEPS"]
 
 
 def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -33,6 +34,21 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """
     device = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def extract(a: Tensor, t: Tensor, shape: torch.Size) -> Tensor:
+    """``a[t]`` (N,) reshaped to (N, 1, …, 1) to broadcast against ``shape`` (N, C, H, W).
+
+    Unchecked (lucidrains' ``extract``): no host-device sync, no graph break; ``t`` must already
+    be a valid index on ``a``'s device.
+    """
+    return a[t].reshape(t.shape[0], *((1,) * (len(shape) - 1)))
+
+
+def values_checkable(t: Tensor) -> bool:
+    """Whether checking ``t``'s values costs neither a host-device sync nor a ``torch.compile``
+    graph break: a CPU tensor in eager mode. (Meta tensors have no values to check.)"""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 REFERENCE_STEPS = 1000
@@ -135,17 +151,21 @@ class NoiseSchedule(nn.Module):
     # ----------------------------------------------------------------------------- helpers
     def _at(self, values: Tensor, t: Tensor, like: Tensor) -> Tensor:
         """``values[t]`` reshaped to broadcast against ``like`` (N, C, H, W) → (N, 1, 1, 1)."""
-        t = self._check_t(t, like.shape[0]).to(like.device)
-        return values.to(like.device)[t].reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+        t = self._check_t(t, like.shape[0])
+        return extract(values.to(like.device), t.to(like.device), like.shape).to(like.dtype)
 
     def _check_t(self, t: Tensor, batch: int | None = None) -> Tensor:
-        """Validate timesteps: an integer tensor (N,), N = ``batch`` when given, values in [0, T)."""
+        """Validate timesteps: an integer tensor (N,), N = ``batch`` when given, values in [0, T).
+
+        Type and shape are always checked (free). The values only where that needs no host-device
+        sync and no graph break (``values_checkable``): a CUDA ``t`` is checked where it enters
+        (``jdm.inputs.check_timesteps``) or is built valid (the samplers, ``sample_timesteps``).
+        """
         if not isinstance(t, Tensor) or t.dtype not in (torch.int64, torch.int32) or t.dim() != 1:
             raise ValueError("t must be an integer tensor of shape (N,), e.g. torch.full((N,), 10)")
         if batch is not None and t.shape[0] != batch:
             raise ValueError(f"t must have shape ({batch},) to match the batch, got {tuple(t.shape)}")
-        # (values on the meta device are unknown: the device tests run shapes only)
-        if t.numel() and t.device.type != "meta" and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
+        if t.numel() and values_checkable(t) and (int(t.min()) < 0 or int(t.max()) >= self.num_steps):
             raise ValueError(f"t must lie in [0, {self.num_steps - 1}], got {t.min()}..{t.max()}")
         return t
 
@@ -248,7 +268,7 @@ class NoiseSchedule(nn.Module):
         """
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must lie in [0, 1], got {eta}")
-        if t_prev.shape != t.shape or (t.device.type != "meta" and (
+        if t_prev.shape != t.shape or (values_checkable(t) and (
                 bool((t_prev >= t).any()) or bool((t_prev < -1).any()))):
             raise ValueError("t_prev must have t's shape and satisfy -1 <= t_prev < t")
         x0 = self.predict_x0(xt, t, eps)
@@ -258,7 +278,7 @@ class NoiseSchedule(nn.Module):
         ab = self._at(self.alpha_bars, t, xt)
         # ᾱ at t_prev, with ᾱ = 1 standing for t_prev = -1 (the clean image)
         padded = torch.cat([torch.ones(1, device=self.alpha_bars.device), self.alpha_bars])
-        ab_prev = self._at(padded, t_prev + 1, xt)
+        ab_prev = extract(padded.to(xt.device), (t_prev + 1).to(xt.device), xt.shape).to(xt.dtype)
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         noise = randn_like(xt, generator)
         direction = (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps

@@ -8,9 +8,11 @@ Any ``nn.Module`` with ``loss(x0, y) -> {"loss": total, ...parts}`` and ``spec()
 here (``DiffusionModel``, the joint model, or a toy model in a test).
 
 Speed: the dataset is copied to the device once and batches are gathered there; AdamW is the
-fused kernel; on CUDA the forward runs under bf16 autocast; ``TrainConfig(compile=True)`` adds
-``torch.compile``; the host waits for the device only at logging/checkpoint steps. Measured
-images/s: benchmarks/README.md (``python benchmarks/bench_train.py``).
+fused kernel; on CUDA the forward runs under bf16 autocast. The Trainer itself waits for the device
+only at logging/checkpoint steps, and the shipped models' losses have no host-device sync either
+(no data-dependent branch: ``tests/test_graph_breaks.py`` finds 0 graph breaks), so
+``TrainConfig(compile=True)`` compiles the whole loss, forward and backward, as one graph.
+Measured images/s, eager and compiled: benchmarks/README.md (``python benchmarks/bench_train.py``).
 
 Resume is *exact*: the Trainer draws its own batches from the resident tensors (epoch ``e`` is the
 permutation ``torch.randperm(N, generator=Generator().manual_seed(seed * 1_000_003 + e))``, step
@@ -56,6 +58,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from .distributed import Distributed
 from .inputs import check_image_range
 from .utils import eval_mode, get_device, seed_everything
 
@@ -73,6 +76,10 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "jdm-checkpoint"
 CHECKPOINT_VERSION = 1
+
+# TrainConfig.compile → torch.compile's arguments (always fullgraph=True: a graph break fails loudly)
+COMPILE_MODES = {"default": {}, "reduce-overhead": {"mode": "reduce-overhead"},
+                 "aot_eager": {"backend": "aot_eager"}}
 
 # Changing these between an interrupted run and its resume changes the run itself (other batches,
 # another optimiser trajectory); the others (steps, logging, checkpointing) are safe to change.
@@ -102,9 +109,14 @@ class TrainConfig:
             last one (0 = never by time), so a long run never has much to lose.
         seed: seeds the global RNG at step 0 and the batch order.
         amp: bf16 autocast for the forward pass; used only on CUDA.
-        compile: run the model's loss through ``torch.compile`` (opt-in: the first steps pay the
-            compilation; benchmarks/README.md has the measured gain). Compiled random numbers
-            differ from eager ones, so a run is repeatable but not bit-identical to an eager one.
+        compile: run the model's loss, forward and backward, through ``torch.compile`` as one
+            graph (``fullgraph=True``): False = eager; True or ``"default"`` = inductor;
+            ``"reduce-overhead"`` = inductor with CUDA graphs (not measured yet);
+            ``"aot_eager"`` = the same single graph and AOT backward without code generation
+            (what the CPU tests and the dry run use: inductor's C++ build takes minutes on a
+            small CPU). The first steps pay the compilation; benchmarks/README.md has the
+            measured speed. Compiled random numbers differ from eager ones, so a run is
+            repeatable but not bit-identical to an eager one.
         labelled_batch_size: 0 = every step is ``batch_size`` images drawn from all the data with
             their labels. L > 0 (semi-supervised, labels −1 = unlabelled): every step is
             ``batch_size`` images drawn from all the data with their labels *hidden* (−1: the
@@ -129,7 +141,7 @@ class TrainConfig:
     checkpoint_minutes: float = 5.0
     seed: int = 0
     amp: bool = True
-    compile: bool = False
+    compile: bool | str = False
     labelled_batch_size: int = 0
 
     def __post_init__(self) -> None:
@@ -143,6 +155,8 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.labelled_batch_size >= 0, "labelled_batch_size must be >= 0 (0 = plain batches), "
                                             f"got {self.labelled_batch_size}"),
+            (self.compile in (False, True, *COMPILE_MODES),
+             f"compile must be False, True or one of {list(COMPILE_MODES)}, got {self.compile!r}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
             (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
             (self.checkpoint_every >= 0,
@@ -405,6 +419,9 @@ class Trainer:
         device: where to train (default ``get_device()``).
         progress: show a tqdm progress bar; without it, print one line per logged step (for logs
             of background runs).
+        distributed: this process's rank in a ``torchrun`` job (``jdm.distributed``), or None
+            to train alone. ``config.batch_size`` is then the global batch, split over the ranks;
+            rank 0 alone writes checkpoints and logs.
 
     Attributes:
         model; ema_model (an ``AveragedModel``, kept in eval mode; the averaged network is
@@ -422,6 +439,7 @@ class Trainer:
         eval_fn=None,
         device: str | torch.device | None = None,
         progress: bool = True,
+        distributed: Distributed | None = None,
     ) -> None:
         if not isinstance(images, Tensor) or images.dim() != 4:
             raise ValueError("images must be a float tensor of shape (N, C, H, W), got "
@@ -445,6 +463,11 @@ class Trainer:
                 raise ValueError(f"the model must have a {name}() method (see jdm.diffusion)")
         if images.shape[0] and images.is_floating_point():
             check_image_range(images, "training images", strict=True)  # once, not every step
+        classes = getattr(model, "num_classes", None)  # the loss checks labels only on the CPU
+        if labels is not None and labels.numel() and classes is not None and not (
+                int(labels.min()) >= -1 and int(labels.max()) < classes):
+            raise ValueError(f"labels must lie in 0..{classes - 1}, or be −1 for unlabelled "
+                             f"images; got values from {int(labels.min())} to {int(labels.max())}")
 
         self.config = config
         self.device = device if isinstance(device, torch.device) else get_device(device)
@@ -454,14 +477,25 @@ class Trainer:
         self.labels = labels.to(self.device) if labels is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.eval_fn = eval_fn
-        self.progress = progress
+        self._dist = distributed
+        self._main = distributed is None or distributed.is_main  # writes checkpoints and logs
+        self.progress = progress and self._main
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay,
                                            fused=_fused_adamw_supported(self.device))
         self.ema_model = AveragedModel(model, multi_avg_fn=self._ema_update, use_buffers=True)
         self.ema_model.eval()  # only ever evaluated or sampled from (no dropout)
+        # swa_utils branches on its update counter (`if n_averaged > 0`) every update: kept on the
+        # CPU, that reads host memory instead of waiting for the GPU
+        self.ema_model.n_averaged = self.ema_model.n_averaged.cpu()
         # torch.compile wraps the bound method, so state_dict keys and checkpoints are unchanged
-        self._loss_fn = torch.compile(model.loss) if config.compile else model.loss
+        self._loss_fn = model.loss
+        if config.compile:
+            options = COMPILE_MODES["default" if config.compile is True else config.compile]
+            self._loss_fn = torch.compile(model.loss, fullgraph=True, **options)
+        if distributed is not None:  # each rank computes its rows of the global batch
+            self._loss_fn = distributed.wrap(model, self._loss_fn, distributed.rows(
+                config.batch_size, config.labelled_batch_size))
         self.step = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0  # wall time spent in fit(), summed over resumes
@@ -596,7 +630,9 @@ class Trainer:
                 self._watch(parts)
                 log_now = self.step % cfg.log_every == 0 or self.step == cfg.steps
                 eval_now = bool(cfg.eval_every) and self.step % cfg.eval_every == 0
-                save_now = self.out_dir is not None and (
+                if self._dist is not None:  # all ranks stop after the same step
+                    self._stop_signal = self._dist.agree_stop(self._stop_signal)
+                save_now = self.out_dir is not None and self._main and (
                     self.step == cfg.steps
                     or bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
                     or self._save_due())
@@ -612,7 +648,8 @@ class Trainer:
                 record: dict = {}
                 if log_now:
                     now = time.perf_counter()
-                    means = (torch.stack(list(sums.values())) / n_summed).tolist()
+                    means = torch.stack(list(sums.values())) / n_summed
+                    means = (self._dist.mean(means) if self._dist else means).tolist()
                     record.update(zip(sums, means))
                     record["lr"] = self.optimizer.param_groups[0]["lr"]
                     record["s/it"] = (now - t_window) / n_summed
@@ -623,7 +660,7 @@ class Trainer:
                     self.model.train()
                 if record:
                     self.history.append({"step": self.step, **record})
-                    if not self.progress:  # a background run still leaves a readable log
+                    if not self.progress and self._main:  # a background run leaves a log
                         print(f"step {self.step}/{cfg.steps} " + " ".join(
                             f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)),
                             flush=True)
@@ -640,11 +677,11 @@ class Trainer:
     def _begin(self, resume: bool) -> None:
         """Start of ``fit``: lock ``out_dir``, remove stale temporary files, resume or seed, and
         catch SIGINT/SIGTERM. ``_end`` undoes the lock and the handlers."""
-        self._lock = RunLock(self.out_dir) if self.out_dir is not None else None
+        self._lock = RunLock(self.out_dir) if self.out_dir is not None and self._main else None
         if self._lock is not None:
             self._lock.__enter__()
         try:
-            if self.out_dir is not None:
+            if self._lock is not None:
                 _clean_stale_tmp(self.out_dir)
             path = self.checkpoint_path
             if resume and path is not None and path.exists():
@@ -698,9 +735,12 @@ class Trainer:
 
     def _interrupted(self) -> None:
         """Save the state after this step (unless just saved) and raise ``TrainingInterrupted``."""
-        if self.out_dir is not None and (self._saved is None or self._saved[1] != self.step):
+        if self.out_dir is not None and self._main and (
+                self._saved is None or self._saved[1] != self.step):
             self._check_finite()
             self.save_checkpoint()  # a signal during eval_fn arrives after this step's save check
+        if self._dist is not None:
+            self._dist.barrier()  # no rank exits (which ends the job) before rank 0 has saved
         signum, saved = self._stop_signal, self._saved
         where = (f"saved {saved[0]} at step {saved[1]}; continue with fit(resume=True) "
                  "(python -m jdm train: the same command with --resume)" if saved is not None

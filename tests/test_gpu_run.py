@@ -45,22 +45,26 @@ def test_dry_run_passes_every_phase(dry_run):
 def test_dry_run_trains_the_trio_alike_and_exports_it(dry_run):
     out, report = dry_run
     train = report["phases"]["train"]
-    assert train["planned_steps"] == 2  # calibration (1 step) then resumed to the plan
+    assert train["planned_steps"] == 3  # calibration (2 steps) then resumed to the plan
     exports = train["exports"]
     assert set(exports) == {"ddpm-tiny-gpu", "classifier-tiny-gpu", "joint-tiny-gpu"}  # KIND-CONFIG-gpu
     unets = set()
     for name, record in exports.items():
         manifest, path = record["manifest"], out / record["file"]
-        assert manifest["steps"] == 2 and record["note"] == ""
+        assert manifest["steps"] == 3 and record["note"] == ""
         assert manifest["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         blob = torch.load(path, weights_only=True)
         assert all(v.dtype == torch.float16 for v in blob["state_dict"].values()
                    if v.is_floating_point())
         assert model_from_weights(blob, path).kind == blob["spec"]["kind"]  # loads as shipped
         unets.add(json.dumps(blob["spec"]["unet"], sort_keys=True))
-        assert "--steps 2" in manifest["command"] and "--resume" in manifest["command"]
+        assert "--steps 3" in manifest["command"] and "--resume" in manifest["command"]
+        # trained on 2 gloo ranks, the loss compiled whole (issue 28)
+        assert manifest["command"].startswith("torchrun --nproc_per_node=2 -m jdm train")
+        assert "--compile aot_eager" in manifest["command"]
         assert ("test_accuracy" in manifest["metrics"]) == (name != "ddpm-tiny-gpu")
     assert len(unets) == 1  # the same UNet for all three
+    assert train["nproc"] == 2 and train["compile"] == "aot_eager"
     assert "--noise-aware" in exports["joint-tiny-gpu"]["manifest"]["command"]
 
 
@@ -106,10 +110,39 @@ def test_overrides_reach_the_training_commands(tmp_path):
                                      batch_size=8, lr=0.002, calibration_steps=3)
     run = driver.Run(tmp_path, driver.settings(args), dry_run=True)
     assert run.s.calibration_steps == 3
-    commands = driver.train_commands(run, alpha_run=True, compile_=False)
+    commands = driver.train_commands(run, alpha_run=True)
     assert set(commands) == {"ddpm-fmnist-small-gpu", "classifier-fmnist-small-gpu",
                              "joint-fmnist-small-gpu", "joint-fmnist-small-gpu-alpha0.001"}
     for command in commands.values():
         flags = " ".join(command)
         assert "--config fmnist-small --batch-size 8 --lr 0.002 " in flags
     assert driver.settings(driver.argparse.Namespace(dry_run=False, budget=None)).batch_size == 1024
+
+
+def test_nproc_and_compile_reach_the_training_commands(tmp_path):
+    driver = load_driver()
+    args = driver.argparse.Namespace(dry_run=False, budget=None, nproc=4, compile="reduce-overhead")
+    run = driver.Run(tmp_path, driver.settings(args), dry_run=False)
+    for command in driver.train_commands(run, alpha_run=False).values():
+        assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+        assert " --compile reduce-overhead " in " ".join(command)
+    plain = driver.Run(tmp_path, driver.settings(driver.argparse.Namespace(dry_run=False,
+                                                                           budget=None)), False)
+    for command in driver.train_commands(plain, alpha_run=False).values():
+        assert command[1:4] == ["-m", "jdm", "train"] and "--compile" not in command
+
+
+def test_the_paper_recipe_reaches_the_training_commands(tmp_path):
+    driver = load_driver()
+    args = driver.argparse.Namespace(dry_run=False, budget=None, recipe="paper")
+    run = driver.Run(tmp_path, driver.settings(args), dry_run=False)
+    commands = driver.train_commands(run, alpha_run=True)
+    assert set(commands) == {"ddpm-fmnist-paper-gpu", "classifier-fmnist-paper-gpu",
+                             "joint-fmnist-paper-gpu", "joint-fmnist-paper-gpu-alpha0.001"}
+    for command in commands.values():
+        flags = " ".join(command)
+        assert "--config fmnist-paper " in flags and "--timesteps 500 " in flags
+        assert "--dropout 0.3 " in flags
+    alpha = driver.recipe_flags().alpha  # the course's α, the shipped joint recipe's
+    assert f"--alpha {alpha} " in " ".join(commands["joint-fmnist-paper-gpu"]) and alpha != 0.001
+    assert "--alpha 0.001 " in " ".join(commands["joint-fmnist-paper-gpu-alpha0.001"])

@@ -72,14 +72,14 @@ def test_host_waits_only_at_check_steps(tmp_path, monkeypatch):
 def test_compile_option_trains_and_saves_plain_weights(tmp_path, monkeypatch):
     compiled = []
 
-    def fake_compile(fn):  # the wiring, without paying inductor's compile time on a CPU
-        compiled.append(fn)
+    def fake_compile(fn, **options):  # the wiring, without paying inductor's compile time on a CPU
+        compiled.append((fn, options))
         return fn
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     model = CountingModel()
     t = make(tmp_path, model, steps=3, compile=True)
-    assert compiled == [model.loss]
+    assert compiled == [(model.loss, {"fullgraph": True})]  # one graph: a graph break is an error
     t.fit()
     ckpt = read_checkpoint(tmp_path / "last.pt")
     assert ckpt["train_config"]["compile"] is True

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from jdm.unet import (UNET_PRESETS, Features, UNet, UNetConfig, count_parameters,
+from jdm.unet import (UNET_PRESETS, Features, SelfAttention, UNet, UNetConfig, count_parameters,
                       timestep_embedding)
 
 TINY = UNET_PRESETS["tiny"]
@@ -146,6 +146,26 @@ def test_preset_parameter_counts():
         with torch.device("meta"):  # no memory, no init time
             n = count_parameters(UNet(UNET_PRESETS[name]))
         assert low <= n <= high, f"{name}: {n:,} parameters, documented {low:,}..{high:,}"
+
+
+def test_the_papers_fashion_mnist_unet():
+    """fmnist-paper: the authors' hyper-parameters (64 channels, mults (1, 2, 2), 3 res blocks a
+    level, attention at 28² and in the middle, dropout 0.3); with this UNet's ResBlock (time
+    embedding added, not scale-shift) that is 8,157,633 parameters, 8,507,211 with the joint head
+    (documented in jdm/unet.py; the authors' guided-diffusion network has 9.7 M)."""
+    from jdm.joint import JointDiffusion
+    from jdm.schedule import NoiseSchedule
+
+    config = UNET_PRESETS["fmnist-paper"]
+    assert (config.base_channels, config.channel_mults, config.num_res_blocks,
+            config.attention_resolutions, config.dropout) == (64, (1, 2, 2), 3, (28,), 0.3)
+    with torch.device("meta"):
+        unet = UNet(config)
+        joint = JointDiffusion(unet, NoiseSchedule(500))
+    assert count_parameters(unet) == 8_157_633 and count_parameters(joint) == 8_507_211
+    attention = [m for m in unet.modules() if isinstance(m, SelfAttention)]
+    # 3 encoder blocks + 4 decoder blocks at 28², and the middle block's
+    assert len(attention) == 3 + 4 + 1
 
 
 def test_presets_are_frozen():

@@ -10,8 +10,10 @@ In order, each phase with its own time limit, all inside ``--budget`` seconds of
 3. ``train`` — the trio (ddpm, classifier, joint; plus a joint run at α = 0.001 unless
    ``--no-alpha-run``; UNet ``--config``, default ``fmnist-small``, batch 1,024: see
    ``base_settings``) with the project's CLI, same UNet, same steps, all at once on the
-   GPU: a short calibration segment measures the step rate, then each run resumes up to the step
-   count that fits the phase (checkpoints every ``--checkpoint-every`` steps), then the CLI
+   GPU (each on ``--nproc`` ranks with torchrun, compiled with ``--compile MODE``; the dry run:
+   2 gloo ranks, ``aot_eager``): a short calibration segment measures the step rate, then each
+   run resumes up to the step count that fits the phase (checkpoints every
+   ``--checkpoint-every`` steps), then the CLI
    measures test metrics; each run is exported as half-precision jdm weights;
    ``bench`` — ``benchmarks/bench_train.py`` on the joint recipe (eager vs each option);
 4. ``notebooks_full`` — notebooks in full mode while time remains.
@@ -48,6 +50,18 @@ GRACE_S = 8  # between SIGTERM and SIGKILL for a command past its time
 RECIPE = "joint-fmnist-small"  # the shipped joint model whose command gives the training flags
 
 
+# Named training recipes (--recipe): what replaces the shipped joint recipe's flags. Under each,
+# the trio plus the joint run at α = 0.001: "joint" trains at the course's α (the shipped recipe's),
+# "joint-alpha" at the authors' 0.001, e.g. joint-fmnist-paper-gpu and
+# joint-fmnist-paper-gpu-alpha0.001 for the paper's Fashion-MNIST setting.
+RECIPES = {
+    "course": {},  # the shipped CPU recipe's UNet flags, on the --config preset
+    # the authors' Fashion-MNIST run: their UNet (jdm.unet, 8.2 M parameters here), T = 500 with
+    # β scaled by 1000/T (jdm.schedule.linear_betas), dropout 0.3
+    "paper": {"config": "fmnist-paper", "timesteps": 500, "dropout": 0.3},
+}
+
+
 def run_name(kind: str, config: str) -> str:
     """The exported name of one run, e.g. ``joint-fmnist-small-gpu`` (``joint-alpha``: the joint
     run at α = 0.001, ``joint-fmnist-small-gpu-alpha0.001``)."""
@@ -71,6 +85,10 @@ class Settings:
     max_steps: int
     fd_samples: int
     lr: float | None = None  # None: the shipped joint recipe's
+    timesteps: int | None = None  # None: the shipped joint recipe's
+    dropout: float | None = None  # None: the shipped joint recipe's
+    nproc: int = 1  # ranks per training run (torchrun --nproc_per_node; 1 = plain python)
+    compile: str | None = None  # jdm train --compile MODE (None = eager)
     train_extra: list[str] = field(default_factory=list)  # e.g. --limit for the dry run
     bench_args: list[str] = field(default_factory=list)
     demo_args: list[str] = field(default_factory=list)
@@ -81,7 +99,9 @@ def settings(args: argparse.Namespace) -> Settings:
     """The run's settings: the dry run's or the GPU's, then the command line's overrides of the
     trio's UNet, batch, learning rate and calibration."""
     s = base_settings(args)
-    for key in ("config", "batch_size", "lr", "calibration_steps"):
+    for key, value in RECIPES[getattr(args, "recipe", None) or "course"].items():
+        setattr(s, key, value)
+    for key in ("config", "batch_size", "lr", "calibration_steps", "nproc", "compile"):
         if getattr(args, key, None) is not None:
             setattr(s, key, getattr(args, key))
     return s
@@ -90,11 +110,15 @@ def settings(args: argparse.Namespace) -> Settings:
 def base_settings(args: argparse.Namespace) -> Settings:
     if args.dry_run:
         return Settings(
-            device="cpu", budget=args.budget or 150,
-            limits={"unit_tests": 40, "demo": 60, "notebooks_quick": 30, "train": 90, "bench": 40,
+            device="cpu", budget=args.budget or 300,
+            limits={"unit_tests": 40, "demo": 60, "notebooks_quick": 30, "train": 200, "bench": 40,
                     "notebooks_full": 30},
-            test_paths=["tests/test_utils.py"], config="tiny", batch_size=16, calibration_steps=1,
-            checkpoint_every=1, log_every=1, max_steps=2, fd_samples=8,
+            # 2 calibration steps: the second one's rate is the compiled step's
+            test_paths=["tests/test_utils.py"], config="tiny", batch_size=16, calibration_steps=2,
+            checkpoint_every=1, log_every=1, max_steps=3, fd_samples=8,
+            # the trio on 2 gloo ranks each, the loss compiled whole (aot_eager: the same single
+            # graph without inductor's minutes of C++ build)
+            nproc=2, compile="aot_eager",
             train_extra=["--limit", "128", "--timesteps", "50", "--test-limit", "64",
                          "--samples", "4", "--sample-steps", "2"],
             bench_args=["--config", "tiny", "--images", "64", "--batch", "8", "--models", "ddpm",
@@ -268,19 +292,22 @@ def recipe_flags() -> argparse.Namespace:
     return build_parser().parse_args(argv[argv.index("train"):])
 
 
-def train_commands(run: Run, alpha_run: bool, compile_: bool) -> dict[str, list[str]]:
+def train_commands(run: Run, alpha_run: bool) -> dict[str, list[str]]:
     """{run name: CLI arguments without --steps} for the trio (and the α = 0.001 joint run):
-    the shipped joint recipe's optimisation flags, the ``Settings.config`` UNet for all."""
+    the shipped joint recipe's optimisation flags, the ``Settings.config`` UNet for all, each
+    run on ``Settings.nproc`` ranks (torchrun) and compiled as ``Settings.compile`` says."""
     r, s = recipe_flags(), run.s
     common = ["--config", s.config, "--batch-size", str(s.batch_size), "--lr", str(s.lr or r.lr),
               "--warmup-steps", str(r.warmup_steps), "--ema-decay", str(r.ema_decay),
-              "--timesteps", str(r.timesteps), "--schedule", r.schedule, "--seed", str(r.seed),
+              "--timesteps", str(s.timesteps or r.timesteps), "--schedule", r.schedule,
+              "--seed", str(r.seed),
               "--checkpoint-every", str(s.checkpoint_every), "--log-every", str(s.log_every),
               "--device", s.device, "--no-progress", *s.train_extra]
-    if r.dropout is not None:
-        common += ["--dropout", str(r.dropout)]
-    if compile_:
-        common.append("--compile")
+    dropout = s.dropout if s.dropout is not None else r.dropout
+    if dropout is not None:
+        common += ["--dropout", str(dropout)]
+    if s.compile:
+        common += ["--compile", s.compile]
     head = ["--head-hidden", str(r.head_hidden), "--head-dropout", str(r.head_dropout)]
     augment = ["--augment"] if r.augment else []
     joint = ["--model", "joint", *(["--noise-aware"] if r.noise_aware else []), *augment, *head]
@@ -290,7 +317,9 @@ def train_commands(run: Run, alpha_run: bool, compile_: bool) -> dict[str, list[
     if alpha_run:
         commands["joint-alpha"] = [*joint, "--alpha", "0.001"]
     names = {k: run_name(k, s.config) for k in commands}
-    return {names[k]: [sys.executable, "-m", "jdm", "train", *v, *common,
+    launcher = [sys.executable] if s.nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={s.nproc}"]
+    return {names[k]: [*launcher, "-m", "jdm", "train", *v, *common,
                        "--out", str(run.work / "runs" / names[k])] for k, v in commands.items()}
 
 
@@ -305,7 +334,8 @@ def plan_steps(done: int, seconds_per_step: float, seconds_left: float, overhead
 def train_all(run: Run, commands: dict[str, list[str]], extra: list[str], deadline: float,
               tag: str) -> dict[str, dict]:
     """Run every command (plus ``extra`` flags) at once; {name: record} with its train log."""
-    threads = run.s.env.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(commands))))
+    threads = run.s.env.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                       // (len(commands) * run.s.nproc))))
     t0 = time.monotonic()
     procs = {name: run.launch(cmd + extra, run.work / f"train_{tag}_{name}.log",
                               {"OMP_NUM_THREADS": threads})
@@ -320,11 +350,12 @@ def train_all(run: Run, commands: dict[str, list[str]], extra: list[str], deadli
     return records
 
 
-def phase_train(run: Run, alpha_run: bool, compile_: bool) -> None:
+def phase_train(run: Run, alpha_run: bool) -> None:
     s = run.s
     phase_end = time.monotonic() + run.limit("train")
-    commands = train_commands(run, alpha_run, compile_)
-    report: dict = {"concurrent_runs": len(commands), "config": s.config,
+    commands = train_commands(run, alpha_run)
+    report: dict = {"concurrent_runs": len(commands), "config": s.config, "nproc": s.nproc,
+                    "compile": s.compile,
                     "batch_size": s.batch_size, "alpha_0.001_run": "trained alongside the trio"
                     if alpha_run else "not run (--no-alpha-run, or the dry run)"}
     run.report["phases"]["train"] = report
@@ -336,9 +367,10 @@ def phase_train(run: Run, alpha_run: bool, compile_: bool) -> None:
     final: dict = {}
     if ok:
         # the slowest run sets the pace (all share the GPU); s/it of its last logged window
-        # leaves out compilation and start-up
+        # leaves out compilation and start-up, which the overhead holds (each resume pays both)
         per_step = max(r["train_log"]["history"][-1]["s/it"] for r in ok.values())
-        overhead = max(r["wall_s"] - r["train_log"]["train_seconds"] for r in ok.values())
+        overhead = max(r["wall_s"] - s.calibration_steps * r["train_log"]["history"][-1]["s/it"]
+                       for r in ok.values())
         fd_reserve = 40.0 if s.device == "cuda" else 5.0  # FD of 1000 DDIM-50 samples each
         steps = plan_steps(s.calibration_steps, per_step, phase_end - time.monotonic(),
                            overhead + fd_reserve, s.max_steps)
@@ -410,11 +442,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="every phase on the CPU with tiny settings (what tests/test_gpu_run.py runs)")
     p.add_argument("--budget", type=float, default=None,
-                   help="seconds of wall time for the whole run (default 530; dry run 150)")
+                   help="seconds of wall time for the whole run (default 530; dry run 300)")
     p.add_argument("--no-alpha-run", dest="alpha_run", action="store_false",
                    help="train only the trio, not the second joint run at α = 0.001")
-    p.add_argument("--compile", action="store_true", help="train with torch.compile")
-    p.add_argument("--config", help="UNet preset of the trio (default fmnist-small; dry run tiny)")
+    p.add_argument("--compile", nargs="?", const="default",
+                   choices=["default", "reduce-overhead", "aot_eager"],
+                   help="train with torch.compile in this mode (jdm train --compile; dry run: "
+                        "aot_eager)")
+    p.add_argument("--nproc", type=int, help="ranks per training run: torchrun "
+                   "--nproc_per_node (default 1; dry run 2, on gloo); --batch-size is global")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="course",
+                   help="named training recipe: 'paper' = the authors' Fashion-MNIST UNet "
+                        "(fmnist-paper), T = 500, dropout 0.3; joint runs at the course's α and "
+                        "at 0.001 (the alpha run)")
+    p.add_argument("--config", help="UNet preset of the trio (default fmnist-small; dry run tiny; "
+                                    "--recipe paper: fmnist-paper)")
     p.add_argument("--batch-size", type=int, help="training batch of the trio (default 1024; dry run 16)")
     p.add_argument("--lr", type=float, help="learning rate of the trio (default 1e-3; dry run: the shipped recipe's)")
     p.add_argument("--calibration-steps", type=int, help="steps of the rate-measuring segment (default 100)")
@@ -448,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     quick, full = ([smoke_notebook(run.work)], []) if args.dry_run else (course, course)
     phases = {"unit_tests": lambda: phase_unit_tests(run), "demo": lambda: phase_demo(run),
               "notebooks_quick": lambda: phase_notebooks(run, "quick", quick),
-              "train": lambda: phase_train(run, args.alpha_run and not args.dry_run, args.compile),
+              "train": lambda: phase_train(run, args.alpha_run and not args.dry_run),
               "bench": lambda: phase_bench(run),
               "notebooks_full": lambda: phase_notebooks(run, "full", full)}
     for name, phase in phases.items():
