@@ -16,7 +16,7 @@ finds less likely), and changes too faint to matter fade at the end (``fade_smal
 ``docs/counterfactuals.md`` (``benchmarks/bench_counterfactuals.py``) and notebook 07 measure the
 flip/closeness frontier the defaults were chosen on. ``difference_map`` shows what changed.
 
-Copy this file with ``sampling.py``, ``schedule.py`` and ``utils.py`` and it works (torch and tqdm
+Copy this file with ``sampling.py``, ``schedule.py``, ``representation.py`` and ``utils.py`` and it works (torch and tqdm
 only); the model needs ``unet`` (with ``encode``/``decode``), ``head``, ``schedule``,
 ``num_classes`` and ``image_shape`` (a ``JointDiffusion``; ``tests/test_copyable.py`` builds one
 from ``unet.py`` and ``classifier.py`` alone).

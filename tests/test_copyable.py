@@ -55,14 +55,21 @@ EXAMPLES = {
         head = ClassifierHead(u.feature_channels(), 10)
         assert head(u.encode(torch.zeros(3, 1, 28, 28), torch.zeros(3, dtype=torch.long))).shape == (3, 10)
     """),
-    "sampling.py": (["schedule.py"], TINY_MODEL + """
+    "representation.py": ([], TINY_MODEL + """
+        from representation import representation_guided_eps, representation_step
+        target, x, t = torch.tensor([3, 4]), torch.zeros(2, 1, 28, 28), torch.tensor([10, 40])
+        z, moved = representation_step(model, target, x, t, step_size=100.0)
+        assert moved.bottleneck.shape == z.bottleneck.shape
+        assert representation_guided_eps(model, target, step_size=100.0)(x, t).shape == x.shape
+    """),
+    "sampling.py": (["schedule.py", "representation.py"], TINY_MODEL + """
         from sampling import Guidance, guided_eps, sample_loop
         for kind in ("representation", "representation-x0", "classifier"):
             eps = guided_eps(model, 3, 2, Guidance(kind))
             x = sample_loop(eps, model.schedule, (2, 1, 28, 28), method="ddim", steps=3, progress=False)
             assert x.shape == (2, 1, 28, 28)
     """),
-    "counterfactual.py": (["sampling.py", "schedule.py", "utils.py"], TINY_MODEL + """
+    "counterfactual.py": (["sampling.py", "schedule.py", "representation.py", "utils.py"], TINY_MODEL + """
         from counterfactual import counterfactual
         x = torch.rand(2, 1, 28, 28) * 2 - 1
         assert counterfactual(model, x, 4, t_star=10, steps=3, progress=False).shape == x.shape
