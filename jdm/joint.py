@@ -46,7 +46,7 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel
-from .inputs import check_images, check_timesteps
+from .inputs import check_images, check_int, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
 from .schedule import NoiseSchedule
 from .unet import Features, UNet
@@ -278,8 +278,9 @@ class JointDiffusion(DiffusionModel):
                 with them.
             generator: makes the draw reproducible.
         """
+        self.check_sampling(n, steps, generator)
         if labels is None:
-            eps_fn, default_eta = self.eps, 0.0
+            eps_fn, default_eta = self.unet, 0.0
         else:
             g = Guidance.of(guidance)
             eps_fn = guided_eps(self, labels, n, g)
@@ -294,6 +295,7 @@ class JointDiffusion(DiffusionModel):
         ``batch_size`` at a time), in eval mode (restored afterwards). Checked as ``classify``."""
         weights = next(self.parameters())
         check_images(x, self.image_shape, dtype=weights.dtype, clean=_is_clean(t))
+        batch_size = check_int(batch_size, "batch_size", 1)
         t = self._timesteps(t, x.shape[0], weights.device)
         with eval_mode(self):
             out = [self._logits(x[i:i + batch_size].to(weights.device), t[i:i + batch_size])

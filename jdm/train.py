@@ -32,7 +32,7 @@ Nothing is lost, nothing is silently wrong:
   finite, and names the file when it refuses;
 * Ctrl-C (SIGINT) or SIGTERM during ``fit`` finishes the current step, saves, and raises
   ``TrainingInterrupted`` (a second Ctrl-C stops at once; the last checkpoint stays);
-* ``fit`` locks its folder (``RunLock``: ``out_dir/.lock`` holds the owner's pid), so two runs
+* ``fit`` locks its folder (``jdm.runlock.RunLock``: an flock on ``out_dir/.lock``), so two runs
   cannot write the same ``last.pt``, and removes temporary files a killed run left behind;
 * resuming checks that the model (``spec``) and the data (``data``: size and sha256 of the
   images and labels) are the ones the checkpoint was trained with.
@@ -56,7 +56,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .inputs import check_image_range
+from .inputs import MAX_BATCH, SEED_LIMIT, check_float, check_image_range, check_int
+from .runlock import RunLock
 from .utils import eval_mode, get_device, seed_everything
 
 __all__ = [
@@ -133,26 +134,23 @@ class TrainConfig:
     labelled_batch_size: int = 0
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (self.labelled_batch_size >= 0, "labelled_batch_size must be >= 0 (0 = plain batches), "
-                                            f"got {self.labelled_batch_size}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
-            (self.checkpoint_every >= 0,
-             f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}"),
-            (self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0 (0 = never by time), "
-                                           f"got {self.checkpoint_minutes}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        # integers must be ints (steps=2.5 would train past the end and never save the final
+        # checkpoint), numbers finite; each message names the field and its range
+        for name, low, high in (("steps", 1, None), ("batch_size", 1, MAX_BATCH),
+                                ("warmup_steps", 0, None), ("log_every", 1, None),
+                                ("eval_every", 0, None), ("checkpoint_every", 0, None),
+                                ("seed", 0, SEED_LIMIT - 1),
+                                ("labelled_batch_size", 0, MAX_BATCH)):
+            check_int(getattr(self, name), name, low, high)
+        for name, low in (("weight_decay", 0.0), ("grad_clip", 0.0), ("checkpoint_minutes", 0.0)):
+            check_float(getattr(self, name), name, low)
+        if check_float(self.lr, "lr") <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= check_float(self.ema_decay, "ema_decay") < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        for name in ("ema_warmup", "amp", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -180,77 +178,6 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signal = signal
         self.step = step
         self.checkpoint = checkpoint
-
-
-class RunLock:
-    """Exclusive use of a run folder: ``folder/.lock`` holds the owning process's pid.
-
-        with RunLock("runs/x"):      # ValueError if another live process holds runs/x
-            ...
-
-    Re-entrant within a process (the CLI holds it for a whole command, ``Trainer.fit`` again for
-    its loop). A lock left by a process that no longer exists is taken over (on Windows, where a
-    process cannot be probed safely, the message says to delete the file).
-    """
-
-    _held: dict[Path, int] = {}  # folder → nesting depth, in this process
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / ".lock"
-
-    def __enter__(self) -> "RunLock":
-        key = self.folder.resolve()
-        if key in RunLock._held:
-            RunLock._held[key] += 1
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):  # second try after removing a dead process's lock
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _process_alive(owner):
-                    raise ValueError(f"run folder {self.folder} is in use by process {owner} (lock "
-                                     f"file {self.path}); wait for it to finish or choose another "
-                                     "--out / out_dir") from None
-                if owner is not None and os.name == "nt":
-                    raise ValueError(f"run folder {self.folder} is locked by process {owner} "
-                                     f"({self.path}); if no run uses it, delete that file") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            RunLock._held[key] = 1
-            return self
-        raise ValueError(f"could not lock run folder {self.folder} ({self.path} keeps reappearing)")
-
-    def __exit__(self, *exc) -> None:
-        key = self.folder.resolve()
-        RunLock._held[key] -= 1
-        if RunLock._held[key] == 0:
-            del RunLock._held[key]
-            self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None  # unreadable or half-written: treat as stale
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
 
 
 def _clean_stale_tmp(folder: Path) -> list[Path]:
