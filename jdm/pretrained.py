@@ -34,7 +34,8 @@ from .train import read_checkpoint
 from .utils import get_device
 
 __all__ = ["checkpoint_dir", "list_pretrained", "list_aliases", "resolve_name", "load_pretrained",
-           "read_manifest", "export_pretrained", "check_export_name", "model_from_weights"]
+           "read_manifest", "export_pretrained", "check_export_name", "model_from_weights",
+           "verify_weights"]
 
 WEIGHTS_FORMAT = "jdm-weights"
 ALIASES_FILE = "aliases.json"
@@ -104,7 +105,10 @@ def read_manifest(name: str) -> dict:
         FileNotFoundError: see ``resolve_name``.
         ValueError: the manifest is not valid JSON, not an object, or lacks ``sha256``/``spec``.
     """
-    path = checkpoint_dir() / f"{resolve_name(name)}.json"
+    return _manifest_at(checkpoint_dir() / f"{resolve_name(name)}.json")
+
+
+def _manifest_at(path: Path) -> dict:
     manifest = _read_json(path)
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} must hold a JSON object (the manifest), got a "
@@ -116,6 +120,39 @@ def read_manifest(name: str) -> dict:
     return manifest
 
 
+def verify_weights(path: Path, blob=None) -> dict:
+    """The one check of a shipped weights file ``NAME.pt`` against its manifest ``NAME.json``
+    beside it, for every way of loading one (``load_pretrained``, ``sample --checkpoint``):
+    the manifest must exist, its sha256 match the file's bytes (checked before the file is
+    unpickled when ``blob`` is None), the file load with ``weights_only=True``, and its spec
+    equal the manifest's. Returns the loaded file (``blob`` if given).
+
+    Raises:
+        ValueError: no manifest, another sha256, an unreadable file, or specs that disagree;
+            the message names the file and how to restore it.
+    """
+    from .train import _json_plain, _load_file
+
+    manifest_path = path.with_suffix(".json")
+    if not manifest_path.is_file():
+        raise ValueError(f"{path} is a jdm weights file without its manifest {manifest_path.name} "
+                         "beside it, so its sha256 cannot be checked; restore both files (`git "
+                         "checkout -- data/checkpoints`) or export the run again")
+    manifest = _manifest_at(manifest_path)
+    if sha256(path) != manifest["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 in {manifest_path.name}: the file is "
+                         f"corrupt or was replaced; restore it with `git checkout -- {path}`")
+    blob = _load_file(path) if blob is None else blob
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a jdm weights file (no format={WEIGHTS_FORMAT!r} entry)")
+    if _json_plain(blob.get("spec")) != _json_plain(manifest["spec"]):
+        raise ValueError(f"{manifest_path.name} and {path.name} disagree on the model (manifest "
+                         f"spec {manifest['spec']!r}, weights spec {blob.get('spec')!r}): one of "
+                         f"them was edited or replaced; restore both with `git checkout -- "
+                         f"{path.parent}`")
+    return blob
+
+
 def untrained_prefixes(spec: dict) -> tuple[str, ...]:
     """state_dict prefixes of what a model of this spec never trains (not shipped), e.g. the
     classifier baseline's decoder; () for the other kinds."""
@@ -125,9 +162,11 @@ def untrained_prefixes(spec: dict) -> tuple[str, ...]:
 def model_from_weights(blob: dict, path: Path, device: torch.device | str | None = None) -> nn.Module:
     """The model in a loaded ``jdm-weights`` file, in float32 and eval mode, on ``device`` (None:
     the CPU). Refuses weights that hold NaN/inf (naming ``path``)."""
-    state = blob.get("state_dict")
-    if blob.get("format") != WEIGHTS_FORMAT or not isinstance(state, dict) or "spec" not in blob:
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT or not isinstance(state, dict) or "spec" not in blob:
         raise ValueError(f"{path} is not a jdm weights file (format {blob.get('format')!r})")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is damaged: its state_dict holds values that are not tensors")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path} holds NaN/inf weights ({bad[0]}, …): the file is damaged")
@@ -153,12 +192,8 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.M
     weights file's sha256 must match the manifest: a changed or truncated file is an error.
     """
     name = resolve_name(name)
-    manifest = read_manifest(name)
     path = checkpoint_dir() / f"{name}.pt"
-    if sha256(path) != manifest["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 in {name}.json: the file is corrupt or "
-                         f"was replaced; restore it with `git checkout -- {path}`")
-    return model_from_weights(torch.load(path, map_location="cpu", weights_only=True), path, device)
+    return model_from_weights(verify_weights(path), path, device)
 
 
 def check_export_name(name: str, kind: str, force: bool = False,

@@ -270,6 +270,9 @@ def read_checkpoint(path: str | Path) -> dict:
 def _load_file(path: Path):
     """``torch.load(path, weights_only=True)`` onto the CPU, with a clear error for a missing,
     truncated or foreign file."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint file; pass the file inside it "
+                         f"(e.g. {path / 'last.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one first (python -m jdm train "
                                 f"--out DIR writes DIR/last.pt) or pass the path of an existing one")
@@ -291,23 +294,43 @@ def _check_checkpoint(ckpt, path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not a jdm checkpoint or corrupt: {path} (no format={CHECKPOINT_FORMAT!r} "
                          "entry); delete it or pass another")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is a version {ckpt['version']} checkpoint; this jdm reads up to "
+    version = ckpt.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"checkpoint {path} is corrupt: its version is {version!r}, not an "
+                         "integer; use an earlier checkpoint or train again")
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a version {version} checkpoint; this jdm reads up to "
                          f"version {CHECKPOINT_VERSION}: upgrade jdm")
     _verify_checkpoint(ckpt, path)
     return ckpt
 
 
+# what every training checkpoint holds (``Trainer.checkpoint``), with the types it needs
+_REQUIRED = {"spec": dict, "train_config": dict, "step": int, "model": dict, "ema": dict,
+             "optimizer": dict, "rng": dict}
+
+
 def _verify_checkpoint(ckpt: dict, path: Path) -> None:
-    """Refuse a checkpoint whose contents changed since it was saved or hold NaN/inf."""
-    stored = ckpt.get("checksum")
-    if stored is not None and _digest({k: v for k, v in ckpt.items() if k != "checksum"}) != stored:
-        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match the checksum "
-                         "stored when it was saved; use an earlier checkpoint or train again")
+    """Refuse a checkpoint that holds NaN/inf, lacks its checksum or a part, or whose contents
+    changed since it was saved. Every checkpoint this jdm writes has a checksum: one without is
+    damaged or hand-made, and loading it unchecked could sample from altered weights."""
     bad = _first_non_finite({k: ckpt.get(k) for k in ("model", "ema", "optimizer")})
     if bad is not None:
         raise ValueError(f"checkpoint {path} holds NaN/inf values (in {bad}): the run had diverged "
                          "or the file is damaged; use an earlier checkpoint or train again")
+    stored = ckpt.get("checksum")
+    if not isinstance(stored, str):
+        raise ValueError(f"checkpoint {path} has no checksum, so its integrity cannot be checked "
+                         "(damaged, edited, or not written by jdm's Trainer); use an earlier "
+                         "checkpoint or train again")
+    if _digest({k: v for k, v in ckpt.items() if k != "checksum"}) != stored:
+        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match the checksum "
+                         "stored when it was saved; use an earlier checkpoint or train again")
+    missing = [k for k, kind in _REQUIRED.items() if not isinstance(ckpt.get(k), kind)
+               or isinstance(ckpt.get(k), bool)]
+    if missing or "torch" not in ckpt["rng"]:
+        raise ValueError(f"checkpoint {path} is incomplete: {', '.join(missing) or 'rng'} missing "
+                         "or of the wrong type; use an earlier checkpoint or train again")
 
 
 def _fused_adamw_supported(device: torch.device) -> bool:
@@ -803,7 +826,7 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
         FileNotFoundError / ValueError: as ``read_checkpoint``; ``ema=False`` on a weights file.
     """
     from .diffusion import build_model  # here, not at the top: the Trainer itself needs no UNet
-    from .pretrained import WEIGHTS_FORMAT, model_from_weights
+    from .pretrained import WEIGHTS_FORMAT, model_from_weights, verify_weights
 
     path = Path(path)
     blob = _load_file(path)
@@ -811,6 +834,7 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
         if not ema:
             raise ValueError(f"{path} is a shipped weights file: it holds only the EMA weights, "
                              "so there are no raw ones to load (drop --raw / ema=False)")
+        verify_weights(path, blob)  # against its manifest, as load_pretrained does
         return model_from_weights(blob, path, device)
     ckpt = _check_checkpoint(blob, path)
     model = build_model(ckpt["spec"])
