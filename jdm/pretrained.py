@@ -20,9 +20,7 @@ never overwrites a shipped checkpoint without ``force`` and never with another k
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ from torch import nn
 
 from .data import data_dir, sha256
 from .diffusion import MODEL_KINDS, build_model
+from .outputs import write_atomically
 from .train import read_checkpoint
 from .utils import get_device
 
@@ -88,6 +87,18 @@ def resolve_name(name: str) -> str:
         return aliases[name]
     raise FileNotFoundError(f"no shipped checkpoint named {name!r} in {checkpoint_dir()}; "
                             f"available: {shipped or 'none'}, aliases: {sorted(aliases) or 'none'}")
+
+
+def _existing_kind(weights: Path, manifest: Path) -> str:
+    """The model kind of an existing export pair, or a description of what else is there (files
+    that are not a complete weights + manifest pair are never replaced)."""
+    if not (weights.is_file() and manifest.is_file()):
+        return "incomplete (not a weights file + manifest pair)"
+    try:
+        spec = _manifest_at(manifest)["spec"]
+    except ValueError:
+        return "unreadable manifest"
+    return spec.get("kind", "unknown") if isinstance(spec, dict) else "unknown"
 
 
 def _read_json(path: Path):
@@ -216,25 +227,22 @@ def check_export_name(name: str, kind: str, force: bool = False,
         raise ValueError(f"{name!r} is an alias of {aliases[name]!r}; export under a real name "
                          "and point the alias at it in aliases.json")
     weights, manifest = folder / f"{name}.pt", folder / f"{name}.json"
+    if manifest.name == ALIASES_FILE:
+        raise ValueError(f"export name {name!r} would write {manifest}, the alias table "
+                         "(aliases.json), which an export never replaces: choose another name")
     if weights.exists() or manifest.exists():
-        old = _read_json(manifest).get("spec", {}).get("kind") if manifest.is_file() else None
-        if old is not None and old != kind:
-            raise ValueError(f"{weights} is a shipped {old!r} checkpoint; a {kind!r} model never "
-                             "replaces it: export under another name")
+        old = _existing_kind(weights, manifest)
+        if old != kind:
+            raise ValueError(f"{weights.name}/{manifest.name} in {folder} hold a {old!r} "
+                             f"checkpoint; a {kind!r} model never replaces it: export under "
+                             "another name")
         if not force:
-            raise ValueError(f"{weights} already exists (a shipped checkpoint); pass --force "
-                             "(force=True) to replace it, or export under another name")
+            raise ValueError(f"{weights} already exists (a shipped {kind!r} checkpoint); pass "
+                             "--force (force=True) to replace it, or export under another name")
+    from .outputs import check_writable
+
+    check_writable(folder, "--export", need_bytes=16 << 20)  # before training, not after it
     return weights
-
-
-def _write_atomically(path: Path, write) -> None:
-    """``write(tmp)`` then one ``os.replace(tmp, path)``: never a half-written ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, command: str,
@@ -257,7 +265,7 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
              for k, v in ckpt["ema"].items()
              if k.startswith("module.") and not k.removeprefix("module.").startswith(untrained)}
     blob = {"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}
-    _write_atomically(weights, lambda tmp: torch.save(blob, tmp))
+    write_atomically(weights, lambda tmp: torch.save(blob, tmp))
     manifest = {
         "name": name,
         "spec": ckpt["spec"],
@@ -270,6 +278,6 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
         "size_bytes": weights.stat().st_size,
         "metrics": metrics,
     }
-    _write_atomically(weights.with_suffix(".json"),
+    write_atomically(weights.with_suffix(".json"),
                       lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return weights

@@ -149,8 +149,8 @@ class Guidance:
         if self.kind not in ("auto", *GUIDANCE_KINDS):
             raise ValueError(f"guidance kind must be one of {('auto', *GUIDANCE_KINDS)}, "
                              f"got {self.kind!r}")
-        if self.scale is not None and not self.scale >= 0:  # also rejects NaN
-            raise ValueError(f"guidance scale must be >= 0, got {self.scale}")
+        if self.scale is not None and not 0 <= self.scale < float("inf"):  # also NaN, inf
+            raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) \
                 or self.inner_steps < 1:
             raise ValueError(f"inner_steps must be an int >= 1, got {self.inner_steps!r}")

@@ -41,12 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +55,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .inputs import MAX_BATCH, SEED_LIMIT, check_float, check_image_range, check_int
+from .outputs import write_atomically
 from .runlock import RunLock
 from .utils import eval_mode, get_device, seed_everything
 
@@ -183,7 +182,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 def _clean_stale_tmp(folder: Path) -> list[Path]:
     """Remove the temporary files (``.NAME.PID.HEX.tmp``) a killed ``save_checkpoint`` left in
     ``folder``; call it only while holding the folder's ``RunLock``. Returns what was removed."""
-    stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    stale = sorted(folder.glob(".*.pt.*.tmp*")) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -728,13 +727,7 @@ class Trainer:
         state = {**self.checkpoint(), "probe_loss": self._probe_loss()}
         state["checksum"] = _digest(state)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda tmp: torch.save(state, tmp))  # a full disk: an OSError
         self._saved, self._last_save_time = (path, self.step), time.monotonic()
         return path
 
