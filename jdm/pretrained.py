@@ -233,9 +233,9 @@ def check_export_name(name: str, kind: str, force: bool = False,
     if weights.exists() or manifest.exists():
         old = _existing_kind(weights, manifest)
         if old != kind:
-            raise ValueError(f"{weights.name}/{manifest.name} in {folder} hold a {old!r} "
-                             f"checkpoint; a {kind!r} model never replaces it: export under "
-                             "another name")
+            raise ValueError(f"{weights} is a shipped {old!r} checkpoint; a {kind!r} model "
+                             f"never replaces it (nor a file that is not a checkpoint, e.g. "
+                             f"{ALIASES_FILE}): export under another name")
         if not force:
             raise ValueError(f"{weights} already exists (a shipped {kind!r} checkpoint); pass "
                              "--force (force=True) to replace it, or export under another name")
