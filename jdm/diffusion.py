@@ -55,12 +55,13 @@ class DiffusionModel(nn.Module):
                     "model (jdm.load_pretrained('jdm-fmnist')) or train one (--model joint)") from None
             raise
 
-    def _check_images(self, x: Tensor, clean: bool = False) -> None:
+    def _check_images(self, x: Tensor, clean: bool = False, strict: bool = True) -> None:
         """``jdm.inputs.check_images`` against this model: shape (N, C, H, W), dtype, device;
         with ``clean``, also the [0, 1] / [0, 255] scale mistakes (one device sync, so not in
         the training loss)."""
         weights = next(self.parameters())
-        check_images(x, self.image_shape, dtype=weights.dtype, device=weights.device, clean=clean)
+        check_images(x, self.image_shape, dtype=weights.dtype, device=weights.device, clean=clean,
+                     strict=strict)
 
     def diffusion_loss(self, x0: Tensor) -> Tensor:
         """L_simple = E_{t, ε} ||ε − ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)||², averaged over pixels and batch

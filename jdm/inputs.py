@@ -34,7 +34,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype | None = None,
                  device: torch.device | None = None, clean: bool = False,
-                 name: str = "images") -> None:
+                 name: str = "images", strict: bool = True) -> None:
     """Check a batch of images (N, *image_shape) before it reaches a model.
 
     Args:
@@ -44,6 +44,7 @@ def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype 
         clean: ``x`` holds clean images, so also check their scale (one device sync; see
             ``check_image_range``). Noisy x_t are unbounded: pass False.
         name: what to call ``x`` in messages.
+        strict: with ``clean``, refuse any value outside [-1, 1] (see ``check_image_range``).
 
     Raises:
         ValueError: not a tensor, wrong shape, empty batch, integer/float64 dtype, another device
@@ -71,7 +72,7 @@ def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype 
         raise ValueError(f"{name} are on {x.device} but the model is on {device}; "
                          "move them with x.to(device)")
     if clean:
-        check_image_range(x, name)
+        check_image_range(x, name, strict=strict)
 
 
 def check_image_range(x: Tensor, name: str = "images", strict: bool = True) -> None:
@@ -82,8 +83,11 @@ def check_image_range(x: Tensor, name: str = "images", strict: bool = True) -> N
     time with ``x * 2 - 1`` ([-3, 1]), which a model would otherwise classify confidently wrong.
     A batch without any negative value whose maximum exceeds 0.5 gets a ``UserWarning``
     ("[0, 1]?"): real Fashion-MNIST images in [-1, 1] always hold −1 (the background), while a
-    uniform grey batch (e.g. zeros) is valid and passes. ``strict`` is kept for callers of
-    earlier versions; the check is always strict.
+    uniform grey batch (e.g. zeros) is valid and passes.
+
+    ``strict=False`` lets values beyond ±1 pass when the batch also holds negatives: for a
+    predicted x̂_0 (``schedule.predict_x0``) that a guidance objective classifies with gradients,
+    which legitimately leaves [-1, 1]. Everything that takes data is strict.
     """
     low, high = (float(v) for v in torch.aminmax(x.detach().float()))
     if not math.isfinite(low) or not math.isfinite(high):
@@ -92,7 +96,7 @@ def check_image_range(x: Tensor, name: str = "images", strict: bool = True) -> N
     if low >= 0 and high > 1 + _RANGE_TOLERANCE:
         raise ValueError(f"{name} must lie in [-1, 1], {found}: they look like 0..255 pixel values; "
                          "convert with x / 127.5 - 1")
-    if low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE:
+    if strict and (low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE):
         raise ValueError(f"{name} must lie in [-1, 1] (jdm's image scale), {found}: undo any "
                          "Normalize(mean, std) or second x * 2 - 1; images in [0, 1] convert "
                          "with x * 2 - 1")

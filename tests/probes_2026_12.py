@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from unittest import mock
@@ -363,10 +364,10 @@ def ctrl_c_sample(tmp: Path) -> str:
 
 # ------------------------------------------------------------------------------ G: the run lock
 def _contend(folder: str, barrier, inside, overlap, rounds: int) -> None:
-    from jdm.runlock import RunLock
+    from jdm.train import RunLock
 
     for _ in range(rounds):
-        barrier.wait()
+        barrier.wait(timeout=60)
         try:
             with RunLock(folder):
                 with inside.get_lock():
@@ -377,7 +378,7 @@ def _contend(folder: str, barrier, inside, overlap, rounds: int) -> None:
                     inside.value -= 1
         except ValueError:
             pass
-        barrier.wait()
+        barrier.wait(timeout=60)
 
 
 def stale_lock_race(tmp: Path, processes: int = 4, rounds: int = 8) -> str:
@@ -391,12 +392,16 @@ def stale_lock_race(tmp: Path, processes: int = 4, rounds: int = 8) -> str:
                for _ in range(processes)]
     for w in workers:
         w.start()
-    for _ in range(rounds):
-        (tmp / ".lock").write_text(f"{dead.pid}\n")
-        barrier.wait()  # go
-        barrier.wait()  # round over
-    for w in workers:
-        w.join(60)
+    try:
+        for _ in range(rounds):
+            (tmp / ".lock").write_text(f"{dead.pid}\n")
+            barrier.wait(timeout=60)  # go
+            barrier.wait(timeout=60)  # round over
+    except threading.BrokenBarrierError:  # a worker died
+        return RAW
+    finally:
+        for w in workers:
+            w.join(60)
     return HANDLED if overlap.value == 1 else SILENT
 
 
@@ -583,7 +588,7 @@ def probes():
         t("D42", "evaluator predict of 0..255 images", evaluator_input(
             lambda: images() * 127.5 + 127.5, "255"), CLEAR),
         t("D46", "evaluator predict of an empty batch", evaluator_input(
-            lambda: torch.zeros(0, 1, 28, 28), "empty"), CLEAR),
+            lambda: torch.zeros(0, 1, 28, 28), "empty batch"), CLEAR),
         t("D47", "sample with a CUDA generator on a CPU model", foreign_generator, CLEAR),
         t("D51", "JDM_SWEEPS junk values", env_switch(
             "JDM_SWEEPS", lambda: __import__("jdm.utils").utils.sweeps_enabled()), CLEAR),
