@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .cli_types import float_in, int_in
 from .data import DATASETS
 from .inputs import MAX_BATCH, SEED_LIMIT
 from .outputs import check_output as check_out
@@ -39,47 +40,11 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 _TRAIN = TrainConfig()  # its defaults are the CLI's defaults
 
 
-def _int_in(low: int, high: int | None = None):
-    """An argparse type: an integer in ``low..high`` (None: no upper bound), checked while parsing
-    so the error names the flag and its range before any work (and before anything allocates)."""
-    allowed = f"{low}..{high}" if high is not None else f">= {low}"
-
-    def parse(text: str) -> int:
-        if not text.strip().lstrip("+-").isascii() or not text.strip().lstrip("+-").isdigit():
-            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}")
-        value = int(text)
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be an integer in {allowed}, got {text}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
-def _float_in(low: float | None = None, high: float | None = None, open_low: bool = False):
-    """An argparse type: a finite float in [low, high] (``open_low``: low excluded)."""
-    allowed = ("a finite number" + (f" {'>' if open_low else '>='} {low:g}" if low is not None else "")
-               + (f" and <= {high:g}" if high is not None else ""))
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
-        if not math.isfinite(value) or (low is not None and (value <= low if open_low else value < low)) \
-                or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
-        return value
-
-    parse.__name__ = "float"
-    return parse
-
-
-_positive_int, _non_negative_int = _int_in(1), _int_in(0)
-_count = _int_in(1, MAX_BATCH)  # images in one request: more is a typo, refused before allocating
-_seed = _int_in(0, SEED_LIMIT - 1)
-_finite = _float_in()
-_share = _float_in(0.0, 1.0)  # dropout, keep: 0 … 1
+_positive_int, _non_negative_int = int_in(1), int_in(0)
+_count = int_in(1, MAX_BATCH)  # images in one request: more is a typo, refused before allocating
+_seed = int_in(0, SEED_LIMIT - 1)
+_finite = float_in()
+_share = float_in(0.0, 1.0)  # dropout, keep: 0 … 1
 MIN_FD_SAMPLES = 4  # precision/recall use k = 3 nearest neighbours: at least 4 images a set
 
 
@@ -143,18 +108,18 @@ def add_train(subparsers) -> None:
                    help="total optimiser steps (a resumed run continues up to this number)")
     p.add_argument("--batch-size", type=_count, default=_TRAIN.batch_size,
                    help="images per optimiser step")
-    p.add_argument("--lr", type=_float_in(0.0, open_low=True), default=_TRAIN.lr, help="AdamW learning rate")
+    p.add_argument("--lr", type=float_in(0.0, open_low=True), default=_TRAIN.lr, help="AdamW learning rate")
     p.add_argument("--warmup-steps", type=_non_negative_int, default=_TRAIN.warmup_steps,
                    help="linear learning-rate warm-up over this many steps (0 = none)")
     p.add_argument("--ema-decay", type=_finite, default=_TRAIN.ema_decay,
                    help="EMA decay in [0, 1) (warmed up as min(decay, (1+step)/(10+step)))")
-    p.add_argument("--timesteps", type=_int_in(1, 100_000), default=1000,
+    p.add_argument("--timesteps", type=int_in(1, 100_000), default=1000,
                    help="T, the number of diffusion steps")
     p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
                    help="noise schedule: linear β 1e-4→0.02 (DDPM) or cosine (Nichol & Dhariwal)")
     p.add_argument("--dropout", type=_share, default=None,
                    help="dropout inside the UNet's ResBlocks; default: the preset's value")
-    p.add_argument("--alpha", type=_float_in(0.0), default=None,
+    p.add_argument("--alpha", type=float_in(0.0), default=None,
                    help="joint: weight α of the classification loss (L = L_simple + α·CE, both "
                         "means); default jdm.joint.DEFAULT_ALPHA")
     p.add_argument("--noise-aware", action="store_true",
@@ -162,7 +127,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--augment", action="store_true",
                    help="joint, classifier: random flip + translation of the classifier's clean "
                         "images")
-    p.add_argument("--head-hidden", type=_int_in(1, 16_384), default=256,
+    p.add_argument("--head-hidden", type=int_in(1, 16_384), default=256,
                    help="joint, classifier: hidden width of the classifier head's MLP")
     p.add_argument("--head-dropout", type=_share, default=0.1,
                    help="joint, classifier: dropout in the classifier head")
@@ -176,7 +141,7 @@ def add_train(subparsers) -> None:
                         "of each class's labels (1 = all)")
     p.add_argument("--label-seed", type=_seed, default=None,
                    help="seed of the labelled subset; default: --seed")
-    p.add_argument("--labelled-batch-size", type=_int_in(0, MAX_BATCH), default=None, metavar="L",
+    p.add_argument("--labelled-batch-size", type=int_in(0, MAX_BATCH), default=None, metavar="L",
                    help="joint, classifier: every step = --batch-size images with labels hidden "
                         "(diffusion loss only) + L labelled images, so both models see the same "
                         "L labelled images a step (TrainConfig.labelled_batch_size); default: "
@@ -184,7 +149,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--test-limit", type=_positive_int, default=None,
                    help="classifiers (joint, evaluator): measure test accuracy and ECE on the "
                         "first N test images after training; default: the whole test split")
-    p.add_argument("--fd-samples", type=_int_in(0, 10_000), default=0,
+    p.add_argument("--fd-samples", type=int_in(0, 10_000), default=0,
                    help="generative models on Fashion-MNIST: after training, draw this many DDIM "
                         "samples and measure FD, precision and recall against as many test images "
                         "in the shipped evaluator's feature space (0 = skip)")
@@ -206,14 +171,14 @@ def add_train(subparsers) -> None:
                    help="cuda, cuda:1, mps or cpu; default: the best available")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=_TRAIN.checkpoint_every,
                    help="write OUT/last.pt every this many steps (0 = only at the end)")
-    p.add_argument("--checkpoint-minutes", type=_float_in(0.0), default=_TRAIN.checkpoint_minutes,
+    p.add_argument("--checkpoint-minutes", type=float_in(0.0), default=_TRAIN.checkpoint_minutes,
                    help="also write OUT/last.pt after this many minutes since the last one (0 = "
                         "never by time); Ctrl-C or SIGTERM always saves before stopping")
     p.add_argument("--log-every", type=_positive_int, default=_TRAIN.log_every,
                    help="add the mean loss to the history every this many steps")
     p.add_argument("--samples", type=_count, default=64,
                    help="number of images in OUT/samples.png")
-    p.add_argument("--sample-steps", type=_int_in(1, 100_000), default=50,
+    p.add_argument("--sample-steps", type=int_in(1, 100_000), default=50,
                    help="DDIM steps for OUT/samples.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--compile", action="store_true",
@@ -509,7 +474,7 @@ def add_sample(subparsers) -> None:
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="DDIM steps, at most the model's T (default 50); not allowed with "
                         "ddpm, which uses every step")
-    p.add_argument("--eta", type=_float_in(0.0), default=0.0,
+    p.add_argument("--eta", type=float_in(0.0), default=0.0,
                    help="DDIM noise: 0 = deterministic, 1 = as much noise as DDPM")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the starting noise")
     p.add_argument("--raw", action="store_true",
@@ -529,6 +494,9 @@ def run_sample(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --eta only apply to --method ddim; ancestral DDPM visits "
                          "every timestep")
     check_out(args.out, "image")
+    if args.checkpoint.is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint} is a directory; pass a checkpoint file, "
+                         f"e.g. {args.checkpoint / 'last.pt'} or data/checkpoints/NAME.pt")
     device = get_device(args.device)
     model = load_checkpoint_model(args.checkpoint, ema=not args.raw, device=device)
     if not hasattr(model, "sample"):
@@ -562,11 +530,11 @@ def add_demo(subparsers) -> None:
     p.add_argument("--test-images", type=_positive_int, default=2_000,
                    help="measure the test accuracy on the first N Fashion-MNIST test images "
                         "(10000: all of them, about a minute more on a 2-core CPU)")
-    p.add_argument("--samples-per-class", type=_int_in(1, 1000), default=3,
+    p.add_argument("--samples-per-class", type=int_in(1, 1000), default=3,
                    help="conditional samples drawn for each class (default guidance)")
     p.add_argument("--sample-steps", type=_positive_int, default=20,
                    help="DDIM steps of the conditional samples")
-    p.add_argument("--counterfactuals", type=_int_in(1, 1000), default=4,
+    p.add_argument("--counterfactuals", type=int_in(1, 1000), default=4,
                    help="test images explained (jdm.counterfactual with its defaults)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the samples and counterfactuals")
     p.add_argument("--out", type=Path, default=Path("jdm-demo.png"),
@@ -670,7 +638,7 @@ def _add_guidance_flags(p) -> None:
     from .sampling import Guidance
 
     for f in fields(Guidance):
-        kind = {"scale": _finite, "inner_steps": _int_in(1, 1000), "eta": _float_in(0.0)}.get(f.name, str)
+        kind = {"scale": _finite, "inner_steps": int_in(1, 1000), "eta": float_in(0.0)}.get(f.name, str)
         p.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name,
                        type=kind, choices=f.metadata.get("choices"), default=None,
                        help=f.metadata["help"] + (f" (default: {f.default})"
@@ -736,7 +704,7 @@ def _add_counterfactual_flags(p) -> None:
     p.add_argument("--keep", type=_share, default=0.0,
                    help="counterfactuals: pull each step's clean-image estimate this fraction of "
                         "the way to the original, 0 … 1")
-    p.add_argument("--min-change", type=_float_in(0.0, 2.0), default=DEFAULT_MIN_CHANGE,
+    p.add_argument("--min-change", type=float_in(0.0, 2.0), default=DEFAULT_MIN_CHANGE,
                    help="counterfactuals: fade out pixel changes smaller than this ([-1, 1] units; "
                         "0: off)")
 
@@ -807,9 +775,9 @@ def add_evaluate(subparsers) -> None:
                     "and FD against real images of the target classes.",
         formatter_class=_HelpFormatter)
     p.add_argument("what", choices=["conditional", "counterfactual"], help="what to measure")
-    p.add_argument("--per-class", type=_int_in(2, 10_000), default=100,
+    p.add_argument("--per-class", type=int_in(2, 10_000), default=100,
                    help="conditional: samples per class")
-    p.add_argument("--n", type=_int_in(2, 10_000), default=1000,
+    p.add_argument("--n", type=int_in(2, 10_000), default=1000,
                    help="counterfactual: number of test images explained")
     p.add_argument("--t-star", type=_t_star, nargs="+", default=None,
                    help="counterfactual: noising step(s) t*, each a positive int or 'auto' "
@@ -896,7 +864,7 @@ def add_course(subparsers) -> None:
                    help="write nothing; exit 1 if a student notebook is missing or out of date")
     g = actions.add_parser("grade", help="execute and score notebooks")
     g.add_argument("notebooks", nargs="+", type=Path, help="the notebooks to grade (.ipynb)")
-    g.add_argument("--timeout", type=_int_in(1, 86_400), default=600, help="seconds per cell (default 600)")
+    g.add_argument("--timeout", type=int_in(1, 86_400), default=600, help="seconds per cell (default 600)")
     g.add_argument("--full", action="store_true", help="run in full mode instead of quick mode")
     g.add_argument("--no-run", action="store_true",
                    help="grade the outputs stored in the notebook instead of executing it")

@@ -250,12 +250,12 @@ class JointDiffusion(DiffusionModel):
         (N,) tensor classifies noisy x_t at that step (meaningful for a ``noise_aware`` model).
         Keeps gradients (guidance differentiates through it) and uses the model's current mode:
         call ``model.eval()`` first, or use ``predict``. Clean images are checked for their scale
-        (``jdm.inputs.check_image_range``: [0, 255] and values outside [-1, 1] are errors, [0, 1] a
-        warning). Only an ``x`` that requires grad may leave [-1, 1]: a guidance objective
-        classifying a predicted x̂_0 (as notebook 06 does), not data.
+        (``jdm.inputs.check_image_range``: [0, 255] is an error, [0, 1] a warning). Values beyond
+        ±1 pass here, because ``classify`` also judges predicted x̂_0 estimates (guidance,
+        notebook 06, tests/test_guidance.py), which leave [-1, 1]; ``predict``, the entry point
+        for data, refuses them.
         """
-        self._check_images(x, clean=_is_clean(t), strict=not x.requires_grad
-                           if isinstance(x, Tensor) else True)
+        self._check_images(x, clean=_is_clean(t), strict=False)
         return self._logits(x, self._timesteps(t, x.shape[0], x.device))
 
     def _logits(self, x: Tensor, t: Tensor) -> Tensor:
