@@ -44,7 +44,7 @@ _positive_int, _non_negative_int = int_in(1), int_in(0)
 _count = int_in(1, MAX_BATCH)  # images in one request: more is a typo, refused before allocating
 _seed = int_in(0, SEED_LIMIT - 1)
 _finite = float_in()
-_share = float_in(0.0, 1.0)  # dropout, keep: 0 … 1
+_share = float_in(0.0, 1.0)  # dropouts: 0 … 1
 MIN_FD_SAMPLES = 4  # precision/recall use k = 3 nearest neighbours: at least 4 images a set
 
 
@@ -108,7 +108,7 @@ def add_train(subparsers) -> None:
                    help="total optimiser steps (a resumed run continues up to this number)")
     p.add_argument("--batch-size", type=_count, default=_TRAIN.batch_size,
                    help="images per optimiser step")
-    p.add_argument("--lr", type=float_in(0.0, open_low=True), default=_TRAIN.lr, help="AdamW learning rate")
+    p.add_argument("--lr", type=_finite, default=_TRAIN.lr, help="AdamW learning rate")
     p.add_argument("--warmup-steps", type=_non_negative_int, default=_TRAIN.warmup_steps,
                    help="linear learning-rate warm-up over this many steps (0 = none)")
     p.add_argument("--ema-decay", type=_finite, default=_TRAIN.ema_decay,
@@ -701,10 +701,10 @@ def _add_counterfactual_flags(p) -> None:
     p.add_argument("--start", choices=STARTS, default=DEFAULT_START,
                    help="counterfactuals: reach t* by DDIM inversion (deterministic; the unguided "
                         "round trip returns the image) or by fresh noise (the paper's)")
-    p.add_argument("--keep", type=_share, default=0.0,
+    p.add_argument("--keep", type=_finite, default=0.0,
                    help="counterfactuals: pull each step's clean-image estimate this fraction of "
                         "the way to the original, 0 … 1")
-    p.add_argument("--min-change", type=float_in(0.0, 2.0), default=DEFAULT_MIN_CHANGE,
+    p.add_argument("--min-change", type=_finite, default=DEFAULT_MIN_CHANGE,
                    help="counterfactuals: fade out pixel changes smaller than this ([-1, 1] units; "
                         "0: off)")
 

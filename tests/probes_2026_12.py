@@ -370,6 +370,13 @@ def ctrl_c_sample(tmp: Path) -> str:
 def _contend(folder: str, barrier, inside, overlap, rounds: int) -> None:
     from jdm.train import RunLock
 
+    real_unlink = Path.unlink
+
+    def slow_unlink(self, *args, **kwargs):  # an unlucky scheduler: widens any read-then-unlink race
+        time.sleep(0.005)
+        return real_unlink(self, *args, **kwargs)
+
+    mock.patch.object(Path, "unlink", slow_unlink).start()  # this worker process only
     for _ in range(rounds):
         barrier.wait(timeout=60)
         try:
@@ -385,7 +392,7 @@ def _contend(folder: str, barrier, inside, overlap, rounds: int) -> None:
         barrier.wait(timeout=60)
 
 
-def stale_lock_race(tmp: Path, processes: int = 4, rounds: int = 40) -> str:
+def stale_lock_race(tmp: Path, processes: int = 4, rounds: int = 20) -> str:
     """Several processes take a folder whose .lock names a dead process, at the same instant."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
