@@ -16,14 +16,16 @@ __all__ = ["int_in", "float_in"]
 def int_in(low: int, high: int | None = None):
     """An argparse type: an integer in ``low..high`` (None: no upper bound), checked while parsing
     so the error names the flag and its range before any work (and before anything allocates)."""
-    allowed = f"in {low}..{high}" if high is not None else f">= {low}"
+    allowed = (f"an integer in {low}..{high}" if high is not None
+               else "a positive integer" if low == 1 else f"an integer >= {low}")
 
     def parse(text: str) -> int:
-        if not text.strip().lstrip("+-").isascii() or not text.strip().lstrip("+-").isdigit():
-            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text!r}")
+        digits = text.strip().lstrip("+-")
+        if not (digits.isascii() and digits.isdigit()):  # also '²', which int() would not take
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
         value = int(text)
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be an integer {allowed}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
 
     parse.__name__ = "int"

@@ -144,7 +144,8 @@ def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
                          f"({type(value).__name__})")
     value = int(value)
     if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer in {allowed}, got {value}")
+        upper = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{name} must be >= {low}{upper}, got {value}")
     return value
 
 
