@@ -411,7 +411,6 @@ def _finish_train(args, trainer, history, model, config, images, label_budget, d
                   start) -> int:
     """After ``fit``: samples.png, the test metrics, train_log.json and the export."""
     checkpoint = args.out / "last.pt"
-
     ema = trainer.ema_model.module
     written = [checkpoint]
     if hasattr(ema, "sample"):  # the evaluator CNN does not generate

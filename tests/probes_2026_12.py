@@ -356,13 +356,19 @@ def ctrl_c_at_start(tmp: Path) -> str:
 
 
 def ctrl_c_sample(tmp: Path) -> str:
+    """SIGINT once sample's progress bar shows: no traceback, no partial image."""
     out = tmp / "f11.png"
-    proc = jdm_process([*SAMPLE, "--n", "64", "--steps", "200", "--out", out])
-    time.sleep(6)
+    proc = jdm_process([*[a for a in SAMPLE if a != "--no-progress"], "--n", "64", "--steps", "200",
+                        "--out", out])
+    seen = ""
+    while "ddim sampling" not in seen and proc.poll() is None:
+        seen += proc.stderr.read(1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    ok, err = clean_stop(proc)
+    _, err = proc.communicate(timeout=300)
     if out.exists() or list(tmp.glob(".*.tmp*")):
         return LOSS
+    ok = proc.returncode not in (0, None) and "Traceback" not in seen + err
     return HANDLED if ok and "jdm sample:" in err else RAW
 
 
