@@ -4,6 +4,12 @@ A compact PyTorch package for the course: noise schedules, a UNet whose encoder 
 exposed, DDPM/DDIM sampling, a Trainer, and (as the course grows) the joint diffusion model of
 Deja, Trzciński & Tomczak (ECML PKDD 2023). See ../README.md and the numbered notebooks.
 """
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"]:  # `python -m jdm` is starting (argv[0] is "-m" only while it loads)
+    from ._startup import quiet_interrupts
+
+    quiet_interrupts()  # Ctrl-C while torch loads: one line, not an import traceback
 from .classifier import ClassifierHead
 from .counterfactual import counterfactual, difference_map
 from .diffusion import DiffusionModel, build_model

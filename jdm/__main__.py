@@ -19,7 +19,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -27,7 +26,11 @@ from pathlib import Path
 
 import torch
 
+from .cli_types import float_in, int_in
 from .data import DATASETS
+from .inputs import MAX_BATCH, SEED_LIMIT
+from .outputs import check_output as check_out
+from .outputs import write_atomically
 from .train import RunLock, TrainConfig, TrainingDiverged, TrainingInterrupted
 from .unet import UNET_PRESETS
 from .utils import get_device
@@ -37,23 +40,17 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 _TRAIN = TrainConfig()  # its defaults are the CLI's defaults
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+_positive_int, _non_negative_int = int_in(1), int_in(0)
+_count = int_in(1, MAX_BATCH)  # images in one request: more is a typo, refused before allocating
+_seed = int_in(0, SEED_LIMIT - 1)
+_finite = float_in()
+_share = float_in(0.0, 1.0)  # dropouts: 0 … 1
+MIN_FD_SAMPLES = 4  # precision/recall use k = 3 nearest neighbours: at least 4 images a set
 
 
 def _t_star(text: str) -> int | str:
     """A counterfactual's --t-star: 'auto' (each image its own) or a positive int."""
     return "auto" if text == "auto" else _positive_int(text)
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -73,65 +70,18 @@ def hardware_string(device: torch.device) -> str:
             f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def check_out(path: Path | None, kind: str = "image", flag: str = "--out",
-              need_bytes: int = 1 << 20) -> Path | None:
-    """Check an output path (None: nothing to check) before any work starts, so a long run never
-    fails at its end.
-
-    ``kind`` is ``"image"`` (a file whose extension PIL can write), ``"file"`` (any file) or
-    ``"folder"``. Missing parent folders are created; the folder must accept a small test file and
-    have ``need_bytes`` free.
-
-    Raises:
-        ValueError: a directory where a file is wanted (or the reverse), no or an unknown image
-            extension, a parent that is a file, an unwritable folder or too little free space.
-    """
-    if path is None:
-        return None
-    folder = path if kind == "folder" else path.parent
-    if kind == "folder" and path.exists() and not path.is_dir():
-        raise ValueError(f"{flag} {path} is an existing file; {flag} names a folder")
-    if kind != "folder" and path.is_dir():
-        raise ValueError(f"{flag} {path} is a directory; give a file name inside it, e.g. "
-                         f"{path / ('samples.png' if kind == 'image' else 'report.json')}")
-    if kind == "image":
-        from PIL import Image
-
-        Image.init()
-        if path.suffix.lower() not in Image.registered_extensions():
-            raise ValueError(f"{flag} {path} has {'no' if not path.suffix else 'an unknown'} image "
-                             "file extension; use e.g. .png or .jpg")
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".jdm-write-test.{os.getpid()}"
-        try:
-            probe.write_bytes(bytes(4096))
-        finally:
-            probe.unlink(missing_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot write to {folder} ({flag} {path}): "
-                         f"{err.strerror or err}") from None
-    free = shutil.disk_usage(folder).free
-    if free < need_bytes:
-        raise ValueError(f"{folder} has {free / 2**20:.1f} MiB free but {flag} {path} needs about "
-                         f"{need_bytes / 2**20:.0f} MiB; free some space or choose another place")
-    return path
-
-
 def save_grid(images: torch.Tensor, path: str | Path) -> Path:
-    """Save images (N, C, H, W) in [-1, 1] as one roughly square grid image (PNG, JPEG, …)."""
+    """Save images (N, C, H, W) in [-1, 1] as one roughly square grid image (PNG, JPEG, …),
+    atomically: an interruption leaves no partial file."""
     from torchvision.utils import save_image
 
     path = Path(path)
     if not path.suffix:
         raise ValueError(f"{path} has no file extension; use e.g. samples.png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=math.ceil(math.sqrt(images.shape[0])), normalize=True,
-               value_range=(-1, 1))
-    return path
+    return write_atomically(path, lambda tmp: save_image(
+        images, tmp, nrow=math.ceil(math.sqrt(images.shape[0])), normalize=True,
+        value_range=(-1, 1)))
 
 
 # ---------------------------------------------------------------------------------- train
@@ -156,20 +106,20 @@ def add_train(subparsers) -> None:
                    help="use only the first N training images (quick runs); default: all")
     p.add_argument("--steps", type=_positive_int, default=_TRAIN.steps,
                    help="total optimiser steps (a resumed run continues up to this number)")
-    p.add_argument("--batch-size", type=_positive_int, default=_TRAIN.batch_size,
+    p.add_argument("--batch-size", type=_count, default=_TRAIN.batch_size,
                    help="images per optimiser step")
-    p.add_argument("--lr", type=float, default=_TRAIN.lr, help="AdamW learning rate")
+    p.add_argument("--lr", type=_finite, default=_TRAIN.lr, help="AdamW learning rate")
     p.add_argument("--warmup-steps", type=_non_negative_int, default=_TRAIN.warmup_steps,
                    help="linear learning-rate warm-up over this many steps (0 = none)")
-    p.add_argument("--ema-decay", type=float, default=_TRAIN.ema_decay,
+    p.add_argument("--ema-decay", type=_finite, default=_TRAIN.ema_decay,
                    help="EMA decay in [0, 1) (warmed up as min(decay, (1+step)/(10+step)))")
-    p.add_argument("--timesteps", type=_positive_int, default=1000,
+    p.add_argument("--timesteps", type=int_in(1, 100_000), default=1000,
                    help="T, the number of diffusion steps")
     p.add_argument("--schedule", choices=["linear", "cosine"], default="linear",
                    help="noise schedule: linear β 1e-4→0.02 (DDPM) or cosine (Nichol & Dhariwal)")
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--dropout", type=_share, default=None,
                    help="dropout inside the UNet's ResBlocks; default: the preset's value")
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", type=float_in(0.0), default=None,
                    help="joint: weight α of the classification loss (L = L_simple + α·CE, both "
                         "means); default jdm.joint.DEFAULT_ALPHA")
     p.add_argument("--noise-aware", action="store_true",
@@ -177,21 +127,21 @@ def add_train(subparsers) -> None:
     p.add_argument("--augment", action="store_true",
                    help="joint, classifier: random flip + translation of the classifier's clean "
                         "images")
-    p.add_argument("--head-hidden", type=_positive_int, default=256,
+    p.add_argument("--head-hidden", type=int_in(1, 16_384), default=256,
                    help="joint, classifier: hidden width of the classifier head's MLP")
-    p.add_argument("--head-dropout", type=float, default=0.1,
+    p.add_argument("--head-dropout", type=_share, default=0.1,
                    help="joint, classifier: dropout in the classifier head")
     p.add_argument("--labels-per-class", type=_positive_int, default=None, metavar="K",
                    help="joint, classifier: semi-supervised run; keep the labels of K training "
                         "images per class (class-balanced, drawn with --label-seed) and mark the "
                         "rest −1 (the joint model trains only its diffusion loss on them, the "
                         "classifier skips them); the subset is written to OUT/train_log.json")
-    p.add_argument("--label-fraction", type=float, default=None, metavar="F",
+    p.add_argument("--label-fraction", type=_finite, default=None, metavar="F",
                    help="joint, classifier: like --labels-per-class, but keep a share F in (0, 1] "
                         "of each class's labels (1 = all)")
-    p.add_argument("--label-seed", type=int, default=None,
+    p.add_argument("--label-seed", type=_seed, default=None,
                    help="seed of the labelled subset; default: --seed")
-    p.add_argument("--labelled-batch-size", type=_non_negative_int, default=None, metavar="L",
+    p.add_argument("--labelled-batch-size", type=int_in(0, MAX_BATCH), default=None, metavar="L",
                    help="joint, classifier: every step = --batch-size images with labels hidden "
                         "(diffusion loss only) + L labelled images, so both models see the same "
                         "L labelled images a step (TrainConfig.labelled_batch_size); default: "
@@ -199,7 +149,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--test-limit", type=_positive_int, default=None,
                    help="classifiers (joint, evaluator): measure test accuracy and ECE on the "
                         "first N test images after training; default: the whole test split")
-    p.add_argument("--fd-samples", type=_non_negative_int, default=0,
+    p.add_argument("--fd-samples", type=int_in(0, 10_000), default=0,
                    help="generative models on Fashion-MNIST: after training, draw this many DDIM "
                         "samples and measure FD, precision and recall against as many test images "
                         "in the shipped evaluator's feature space (0 = skip)")
@@ -210,7 +160,7 @@ def add_train(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="let --export replace an existing checkpoint of the same kind (never one "
                         "of another kind)")
-    p.add_argument("--seed", type=int, default=_TRAIN.seed,
+    p.add_argument("--seed", type=_seed, default=_TRAIN.seed,
                    help="seeds the weights, the batch order, the noise and the final samples")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder for last.pt, samples.png and train_log.json")
@@ -221,14 +171,14 @@ def add_train(subparsers) -> None:
                    help="cuda, cuda:1, mps or cpu; default: the best available")
     p.add_argument("--checkpoint-every", type=_non_negative_int, default=_TRAIN.checkpoint_every,
                    help="write OUT/last.pt every this many steps (0 = only at the end)")
-    p.add_argument("--checkpoint-minutes", type=float, default=_TRAIN.checkpoint_minutes,
+    p.add_argument("--checkpoint-minutes", type=float_in(0.0), default=_TRAIN.checkpoint_minutes,
                    help="also write OUT/last.pt after this many minutes since the last one (0 = "
                         "never by time); Ctrl-C or SIGTERM always saves before stopping")
     p.add_argument("--log-every", type=_positive_int, default=_TRAIN.log_every,
                    help="add the mean loss to the history every this many steps")
-    p.add_argument("--samples", type=_positive_int, default=64,
+    p.add_argument("--samples", type=_count, default=64,
                    help="number of images in OUT/samples.png")
-    p.add_argument("--sample-steps", type=_positive_int, default=50,
+    p.add_argument("--sample-steps", type=int_in(1, 100_000), default=50,
                    help="DDIM steps for OUT/samples.png")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--compile", nargs="?", const="default", default=False,
@@ -360,6 +310,8 @@ def _train(args: argparse.Namespace, dist=None) -> int:
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"{checkpoint} already exists: pass --resume to continue that run, or "
                          "choose another --out")
+    _check_earlier_outputs(args.out, resuming=args.resume and checkpoint.is_file())
+    _check_sizes(args)
     if args.model != "joint" and (args.alpha is not None or args.noise_aware):
         raise ValueError("--alpha and --noise-aware only apply to --model joint")
     if args.model not in ("joint", "classifier") and args.augment:
@@ -418,6 +370,8 @@ def _train(args: argparse.Namespace, dist=None) -> int:
     trainer = Trainer(model, images, labels, config, out_dir=args.out, device=device,
                       progress=not args.no_progress, distributed=dist)
     main_rank = dist is None or dist.is_main
+    launcher = "python -m jdm" if dist is None else dist.launcher()
+    again = f"{launcher} " + shlex.join(args.argv + ([] if args.resume else ["--resume"]))
     try:
         with dist.lost_ranks() if dist is not None else nullcontext():
             history = trainer.fit(resume=args.resume)
@@ -425,14 +379,60 @@ def _train(args: argparse.Namespace, dist=None) -> int:
         print(f"jdm train: {err}", file=sys.stderr)
         return 1
     except TrainingInterrupted as err:
-        again = shlex.join(args.argv + ([] if args.resume else ["--resume"]))
-        launcher = "python -m jdm" if dist is None else dist.launcher()
         if main_rank:
-            print(f"jdm train: {err}\nresume with: {launcher} {again}", file=sys.stderr)
+            print(f"jdm train: {err}\nresume with: {again}", file=sys.stderr)
         return 128 + err.signal
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last checkpoint stays
+        if main_rank:
+            print(f"jdm train: stopped at once by a second Ctrl-C; {_saved_text(trainer)}",
+                  file=sys.stderr)
+        return 130
     if not main_rank:
         return 0  # rank 0 alone samples, measures, logs and exports
+    try:
+        return _finish_train(args, trainer, history, model, config, images, label_budget, device,
+                             start, launcher)
+    except KeyboardInterrupt:  # while drawing samples.png or measuring: training is saved
+        print(f"jdm train: interrupted after training; {_saved_text(trainer)}; to write "
+              f"samples.png and train_log.json, run: {again}", file=sys.stderr)
+        return 130
 
+
+def _saved_text(trainer) -> str:
+    saved = trainer._saved
+    return (f"{saved[0]} holds step {saved[1]}" if saved is not None and saved[0].exists()
+            else "no checkpoint was written yet")
+
+
+def _check_earlier_outputs(out: Path, resuming: bool) -> None:
+    """A new run never overwrites an earlier run's samples.png or train_log.json (its last.pt
+    may have been deleted to save space, but its results are still work)."""
+    if resuming:
+        return  # they belong to the run being continued
+    earlier = [name for name in ("samples.png", "train_log.json") if (out / name).exists()]
+    if earlier:
+        raise ValueError(f"{out} holds an earlier run's {' and '.join(earlier)}: a new run would "
+                         "overwrite them; choose another --out, or move them away first")
+
+
+def _check_sizes(args: argparse.Namespace) -> None:
+    """Requests that only fail after training (sampling, measuring), checked before it."""
+    if args.model in ("ddpm", "joint") and args.sample_steps > args.timesteps:
+        raise ValueError(f"--sample-steps {args.sample_steps} is more than --timesteps "
+                         f"{args.timesteps} (T); use at most {args.timesteps}")
+    if args.fd_samples:
+        available = args.test_limit if args.test_limit is not None else args.fd_samples
+        if min(args.fd_samples, available) < MIN_FD_SAMPLES:
+            raise ValueError(f"--fd-samples must be 0 (skip) or at least {MIN_FD_SAMPLES} (FD, "
+                             f"precision and recall need {MIN_FD_SAMPLES} images a set), with "
+                             f"--test-limit at least as large; got --fd-samples {args.fd_samples}"
+                             + (f" and --test-limit {args.test_limit}" if args.test_limit else ""))
+
+
+def _finish_train(args, trainer, history, model, config, images, label_budget, device,
+                  start, launcher: str = "python -m jdm") -> int:
+    """After ``fit``: samples.png, the test metrics, train_log.json and the export."""
+    checkpoint = args.out / "last.pt"
     ema = trainer.ema_model.module
     written = [checkpoint]
     if hasattr(ema, "sample"):  # the evaluator CNN does not generate
@@ -444,7 +444,7 @@ def _train(args: argparse.Namespace, dist=None) -> int:
                if args.model in ("joint", "classifier", "evaluator") else {})
     if hasattr(ema, "sample"):
         metrics.update(_generation_metrics(ema, args, device))
-    command = ("python -m jdm " if dist is None else dist.launcher() + " ") + shlex.join(args.argv)
+    command = f"{launcher} " + shlex.join(args.argv)
     log = {
         "command": command,
         "hardware": hardware_string(device),
@@ -459,8 +459,8 @@ def _train(args: argparse.Namespace, dist=None) -> int:
         "history": history,
         "test_metrics": metrics,
     }
-    log_path = args.out / "train_log.json"
-    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    log_path = write_atomically(args.out / "train_log.json",
+                                lambda tmp: tmp.write_text(json.dumps(log, indent=1) + "\n"))
     written.append(log_path)
     last = history[-1] if history else {}
     print(f"trained {trainer.step} steps on {device} in {trainer.train_seconds:.1f} s"
@@ -489,15 +489,15 @@ def add_sample(subparsers) -> None:
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="checkpoint file written by 'jdm train' (e.g. runs/x/last.pt), or a "
                         "shipped one (e.g. data/checkpoints/ddpm-fmnist-small.pt)")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--n", type=_count, default=64, help="number of images")
     p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
                    help="ddim: few deterministic steps (Song et al.); ddpm: ancestral, all T steps")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="DDIM steps, at most the model's T (default 50); not allowed with "
                         "ddpm, which uses every step")
-    p.add_argument("--eta", type=float, default=0.0,
+    p.add_argument("--eta", type=float_in(0.0), default=0.0,
                    help="DDIM noise: 0 = deterministic, 1 = as much noise as DDPM")
-    p.add_argument("--seed", type=int, default=0, help="seed of the starting noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the starting noise")
     p.add_argument("--raw", action="store_true",
                    help="use the raw trained weights instead of their EMA")
     p.add_argument("--out", type=Path, required=True,
@@ -515,6 +515,9 @@ def run_sample(args: argparse.Namespace) -> int:
         raise ValueError("--steps and --eta only apply to --method ddim; ancestral DDPM visits "
                          "every timestep")
     check_out(args.out, "image")
+    if args.checkpoint.is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint} is a directory; pass a checkpoint file, "
+                         f"e.g. {args.checkpoint / 'last.pt'} or data/checkpoints/NAME.pt")
     device = get_device(args.device)
     model = load_checkpoint_model(args.checkpoint, ema=not args.raw, device=device)
     if not hasattr(model, "sample"):
@@ -548,13 +551,13 @@ def add_demo(subparsers) -> None:
     p.add_argument("--test-images", type=_positive_int, default=2_000,
                    help="measure the test accuracy on the first N Fashion-MNIST test images "
                         "(10000: all of them, about a minute more on a 2-core CPU)")
-    p.add_argument("--samples-per-class", type=_positive_int, default=3,
+    p.add_argument("--samples-per-class", type=int_in(1, 1000), default=3,
                    help="conditional samples drawn for each class (default guidance)")
     p.add_argument("--sample-steps", type=_positive_int, default=20,
                    help="DDIM steps of the conditional samples")
-    p.add_argument("--counterfactuals", type=_positive_int, default=4,
+    p.add_argument("--counterfactuals", type=int_in(1, 1000), default=4,
                    help="test images explained (jdm.counterfactual with its defaults)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the samples and counterfactuals")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the samples and counterfactuals")
     p.add_argument("--out", type=Path, default=Path("jdm-demo.png"),
                    help="image file for the figure (e.g. .png)")
     p.add_argument("--device", default=None,
@@ -585,6 +588,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if not isinstance(model, JointDiffusion):
         raise ValueError(f"{args.model!r} is not a joint model (e.g. jdm-fmnist): the demo needs "
                          "its classifier head")
+    T = model.schedule.num_steps
+    if args.sample_steps > T:  # checked before the work, never clamped under a wrong caption
+        raise ValueError(f"--sample-steps {args.sample_steps} is more than the model's T = {T} "
+                         f"diffusion steps; use at most {T}")
     images, labels = load_tensors("fashion_mnist", train=False)
     n = min(args.test_images, images.shape[0])
     names = [name.split("/")[0] for name in CLASS_NAMES["fashion_mnist"]]
@@ -639,12 +646,15 @@ def _sampler_name(g) -> str:
 # ---------------------------------------------------------------------------------- explain
 def _class_index(text: str, names: list[str]) -> int:
     """A class given as an index ("0") or a name ("T-shirt/top", "t-shirt", case-insensitive)."""
-    if text.isdigit():
-        return int(text)  # the range is checked by the sampler, with the same message everywhere
+    if text.isascii() and text.isdigit():
+        if int(text) >= len(names):
+            raise ValueError(f"--target {text} is not a class: use an index 0..{len(names) - 1} "
+                             "or a name (" + ", ".join(names) + ")")
+        return int(text)
     lowered = {name.lower(): i for i, name in enumerate(names)}
     lowered.update({name.lower().split("/")[0]: i for i, name in enumerate(names)})
     if text.lower() not in lowered:
-        raise ValueError(f"unknown class {text!r}; use an index 0..{len(names) - 1} or one of: "
+        raise ValueError(f"--target: unknown class {text!r}; use an index 0..{len(names) - 1} or one of: "
                          + ", ".join(names))
     return lowered[text.lower()]
 
@@ -657,7 +667,7 @@ def _add_guidance_flags(p) -> None:
     from .sampling import Guidance
 
     for f in fields(Guidance):
-        kind = {"scale": float, "inner_steps": _positive_int, "eta": float}.get(f.name, str)
+        kind = {"scale": _finite, "inner_steps": int_in(1, 1000), "eta": float_in(0.0)}.get(f.name, str)
         p.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), dest=f.name,
                        type=kind, choices=f.metadata.get("choices"), default=None,
                        help=f.metadata["help"] + (f" (default: {f.default})"
@@ -670,7 +680,7 @@ def _add_guidance_flags(p) -> None:
                    help="name of a shipped joint checkpoint (see jdm.list_pretrained()); the "
                         "default is the GPU-trained one the counterfactual defaults were fitted on "
                         "(docs/counterfactuals_gpu.md)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the noise")
     p.add_argument("--device", default=None,
                    help="cuda, cuda:1, mps or cpu; default: the best available")
 
@@ -720,10 +730,10 @@ def _add_counterfactual_flags(p) -> None:
     p.add_argument("--start", choices=STARTS, default=DEFAULT_START,
                    help="counterfactuals: reach t* by DDIM inversion (deterministic; the unguided "
                         "round trip returns the image) or by fresh noise (the paper's)")
-    p.add_argument("--keep", type=float, default=0.0,
+    p.add_argument("--keep", type=_finite, default=0.0,
                    help="counterfactuals: pull each step's clean-image estimate this fraction of "
                         "the way to the original, 0 … 1")
-    p.add_argument("--min-change", type=float, default=DEFAULT_MIN_CHANGE,
+    p.add_argument("--min-change", type=_finite, default=DEFAULT_MIN_CHANGE,
                    help="counterfactuals: fade out pixel changes smaller than this ([-1, 1] units; "
                         "0: off)")
 
@@ -794,9 +804,9 @@ def add_evaluate(subparsers) -> None:
                     "and FD against real images of the target classes.",
         formatter_class=_HelpFormatter)
     p.add_argument("what", choices=["conditional", "counterfactual"], help="what to measure")
-    p.add_argument("--per-class", type=_positive_int, default=100,
+    p.add_argument("--per-class", type=int_in(2, 10_000), default=100,
                    help="conditional: samples per class")
-    p.add_argument("--n", type=_positive_int, default=1000,
+    p.add_argument("--n", type=int_in(2, 10_000), default=1000,
                    help="counterfactual: number of test images explained")
     p.add_argument("--t-star", type=_t_star, nargs="+", default=None,
                    help="counterfactual: noising step(s) t*, each a positive int or 'auto' "
@@ -804,7 +814,7 @@ def add_evaluate(subparsers) -> None:
     p.add_argument("--targets", choices=["runner-up", "random"], default="runner-up",
                    help="counterfactual: each image's target is the class the model ranks second, "
                         "or a random other class")
-    p.add_argument("--batch-size", type=_positive_int, default=250, help="images per sampler call")
+    p.add_argument("--batch-size", type=_count, default=250, help="images per sampler call")
     _add_counterfactual_flags(p)
     _add_guidance_flags(p)
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
@@ -812,7 +822,7 @@ def add_evaluate(subparsers) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    check_out(args.json, "file", "--json")
+    check_out(args.json, "json", "--json", report_keys=("what", "results"))
     from .data import load_tensors
     from .evaluate import (evaluate_conditional, evaluate_counterfactuals, other_class_targets,
                            runner_up_targets)
@@ -862,8 +872,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if not isinstance(v, dict)}))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_atomically(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
         print(f"wrote {args.json}")
     return 0
 
@@ -884,7 +893,7 @@ def add_course(subparsers) -> None:
                    help="write nothing; exit 1 if a student notebook is missing or out of date")
     g = actions.add_parser("grade", help="execute and score notebooks")
     g.add_argument("notebooks", nargs="+", type=Path, help="the notebooks to grade (.ipynb)")
-    g.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
+    g.add_argument("--timeout", type=int_in(1, 86_400), default=600, help="seconds per cell (default 600)")
     g.add_argument("--full", action="store_true", help="run in full mode instead of quick mode")
     g.add_argument("--no-run", action="store_true",
                    help="grade the outputs stored in the notebook instead of executing it")
@@ -899,6 +908,8 @@ def run_course(args) -> int:
         raise ValueError(f"{err}; install the course tools with: pip install -e \".[course]\"") from None
 
     if args.action == "student":
+        if not args.check:
+            check_out(args.out, "folder", "--out")  # None: the default notebooks/student
         if args.check:
             stale = course.stale_student_editions(args.out)
             for name in stale:
@@ -910,6 +921,7 @@ def run_course(args) -> int:
         return 0
     if args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    check_out(args.json, "json", "--json")  # before grading, which can take hours for a class
     reports = []   # every notebook is read before any runs: one cannot rewrite the next
     for report in course.grade_many(args.notebooks, timeout=args.timeout, quick=not args.full,
                                     run=not args.no_run):
@@ -953,6 +965,24 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # OSError: missing files, read-only or full disks, …
         print(f"jdm {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as err:
+        if not _out_of_memory(err):
+            raise  # a bug: its traceback is what a report needs
+        print(f"jdm {args.command}: error: out of memory ({str(err).splitlines()[0][:200]}); "
+              "lower the sizes you asked for (--n, --samples, --batch-size, …)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C outside training: every output is written atomically
+        print(f"jdm {args.command}: interrupted (Ctrl-C); files already written are kept, no "
+              "partial file is left", file=sys.stderr)
+        return 130
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: torch reports it as a RuntimeError (CPU: "can't allocate",
+    "bad_alloc"; CUDA: OutOfMemoryError) and Python as a MemoryError."""
+    text = str(err).lower()
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or any(
+        key in text for key in ("can't allocate", "bad_alloc", "out of memory", "not enough memory"))
 
 
 def _check_device(name: str | None) -> None:

@@ -16,8 +16,8 @@ finds less likely), and changes too faint to matter fade at the end (``fade_smal
 ``docs/counterfactuals.md`` (``benchmarks/bench_counterfactuals.py``) and notebook 07 measure the
 flip/closeness frontier the defaults were chosen on. ``difference_map`` shows what changed.
 
-Copy this file with ``sampling.py``, ``schedule.py``, ``representation.py`` and ``utils.py`` and it works (torch and tqdm
-only); the model needs ``unet`` (with ``encode``/``decode``), ``head``, ``schedule``,
+Copy this file with ``sampling.py``, ``schedule.py``, ``representation.py``, ``utils.py`` and
+``inputs.py`` and it works (torch and tqdm only); the model needs ``unet`` (with ``encode``/``decode``), ``head``, ``schedule``,
 ``num_classes`` and ``image_shape`` (a ``JointDiffusion``; ``tests/test_copyable.py`` builds one
 from ``unet.py`` and ``classifier.py`` alone).
 
@@ -38,9 +38,11 @@ from tqdm.auto import tqdm
 try:
     from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, check_targets, guided_eps, sample_loop
     from .utils import eval_mode
-except ImportError:  # copied next to sampling.py, schedule.py and utils.py
+    from .inputs import check_generator, check_image_range
+except ImportError:  # copied next to sampling.py, schedule.py, utils.py and inputs.py
     from sampling import DEFAULT_CONDITIONAL_ETA, Guidance, check_targets, guided_eps, sample_loop
     from utils import eval_mode
+    from inputs import check_generator, check_image_range
 
 __all__ = ["counterfactual", "counterfactual_guidance", "ddim_invert", "difference_map",
            "auto_t_star", "fade_small_changes", "AUTO_T_STAR", "DEFAULT_MIN_CHANGE",
@@ -170,9 +172,8 @@ def counterfactual(
         raise ValueError("x must hold at least one image")
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor in [-1, 1], got dtype {x.dtype}")
-    if float(x.min()) < -1 - 1e-6 or float(x.max()) > 1 + 1e-6:
-        raise ValueError(f"x must lie in [-1, 1] (jdm's image range), got values in "
-                         f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
+    check_image_range(x, "x")  # [-1, 1]; [0, 1] images warn, as classify's do
+    check_generator(generator, next(model.parameters()).device)
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:

@@ -150,9 +150,18 @@ def student_text(path: Path) -> str:
 def write_student_editions(out_dir: Path | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
     """Write ``<out_dir>/NN_name.ipynb`` for every solution notebook; returns the paths written."""
     out_dir = Path(out_dir) if out_dir is not None else Path(folder) / "student"
+    sources = solution_notebooks(folder)
+    # a student edition never replaces a solution notebook (e.g. --out notebooks): checked for
+    # every file before the first is written
+    clash = [out_dir / p.name for p in sources if (out_dir / p.name).is_file()
+             and "BEGIN SOLUTION" in (out_dir / p.name).read_text(encoding="utf-8")]
+    if clash:
+        raise ValueError(f"--out {out_dir} holds solution notebooks ({clash[0].name}, …): student "
+                         "editions never replace them; choose another folder (default "
+                         "notebooks/student)")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in solution_notebooks(folder):
+    for path in sources:
         target = out_dir / path.name
         target.write_text(student_text(path), encoding="utf-8")
         written.append(target)

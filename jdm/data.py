@@ -8,6 +8,7 @@ and SVHN go through torchvision's downloader into the same folder for users who 
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -62,7 +63,7 @@ FASHION_MNIST_FILES: dict[str, tuple[int, str]] = {
     "t10k-images-idx3-ubyte": (7840016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
     "t10k-labels-idx1-ubyte": (10008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 }
-_VERIFIED = ".verified.json"  # {file: [size, mtime_ns]} of copies whose sha256 matched
+_VERIFIED = ".verified.json"  # {file: [size, mtime_ns, ctime_ns, inode]} of copies whose sha256 matched
 
 
 def sha256(path: Path) -> str:
@@ -75,18 +76,21 @@ def sha256(path: Path) -> str:
 
 
 def _is_good_copy(path: Path, verified: dict) -> bool:
-    """Whether ``path`` has the recorded size and sha256 (hashed once per size and mtime)."""
+    """Whether ``path`` has the recorded size and sha256, hashed once per file state: size,
+    mtime, ctime and inode. ``cp -p``/``rsync -t`` of a damaged copy keep size and mtime, but no
+    program can set the ctime (any write or new file changes it), so a changed file is hashed."""
     size, digest = FASHION_MNIST_FILES[path.name]
     if not path.is_file():
         return False
     stat = path.stat()
     if stat.st_size != size:
         return False
-    if verified.get(path.name) == [stat.st_size, stat.st_mtime_ns]:
+    state = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
+    if verified.get(path.name) == state:
         return True
     if sha256(path) != digest:
         return False
-    verified[path.name] = [stat.st_size, stat.st_mtime_ns]
+    verified[path.name] = state
     return True
 
 
@@ -109,6 +113,8 @@ def _decompress_bundled(raw: Path) -> None:
         verified = json.loads(verified_path.read_text())
     except (OSError, ValueError):
         verified = {}
+    if not isinstance(verified, dict):  # e.g. '[1, 2]': as unusable as invalid JSON, rebuilt
+        verified = {}
     before = dict(verified)
     for archive in sorted(raw.glob("*-ubyte.gz")):
         target = archive.with_suffix("")
@@ -123,10 +129,16 @@ def _decompress_bundled(raw: Path) -> None:
             if tmp.stat().st_size != size or sha256(tmp) != digest:
                 raise ValueError("its contents differ from Fashion-MNIST's")
             tmp.replace(target)  # atomic: a half-written file is never taken for a good one
-        except (OSError, EOFError, zlib.error, ValueError) as err:
-            raise ValueError(f"the bundled archive {archive} is truncated or corrupt ({err}); "
-                             f"restore it with `git checkout -- {archive}` (or copy Fashion-MNIST's "
-                             "original .gz there)") from None
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                raise _corrupt_archive(archive, err) from None
+            raise OSError(err.errno, f"cannot unpack {archive.name} into {raw} "
+                                     f"({err.strerror}); the archive is fine: free some space (the "
+                                     "copy needs about "
+                                     f"{FASHION_MNIST_FILES[target.name][0] / 2**20:.0f} MiB) or "
+                                     "point JDM_DATA at a writable folder") from None
+        except (EOFError, zlib.error, ValueError) as err:
+            raise _corrupt_archive(archive, err) from None
         finally:
             tmp.unlink(missing_ok=True)
         _is_good_copy(target, verified)
@@ -137,6 +149,12 @@ def _decompress_bundled(raw: Path) -> None:
             tmp.replace(verified_path)
         except OSError:  # a read-only data folder: the copies are checked again next time
             tmp.unlink(missing_ok=True)
+
+
+def _corrupt_archive(archive: Path, err: BaseException) -> ValueError:
+    return ValueError(f"the bundled archive {archive} is truncated or corrupt ({err}); "
+                      f"restore it with `git checkout -- {archive}` (or copy Fashion-MNIST's "
+                      "original .gz there)")
 
 
 def _split_is_train(train: bool | str) -> bool:

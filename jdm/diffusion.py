@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .inputs import check_images
+from .inputs import check_generator, check_images, check_int, check_timesteps
 from .sampling import sample_loop
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
@@ -55,12 +55,13 @@ class DiffusionModel(nn.Module):
                     "model (jdm.load_pretrained('jdm-fmnist')) or train one (--model joint)") from None
             raise
 
-    def _check_images(self, x: Tensor, clean: bool = False) -> None:
+    def _check_images(self, x: Tensor, clean: bool = False, strict: bool = True) -> None:
         """``jdm.inputs.check_images`` against this model: shape (N, C, H, W), dtype, device;
         with ``clean``, also the [0, 1] / [0, 255] scale mistakes (one device sync, so not in
         the training loss)."""
         weights = next(self.parameters())
-        check_images(x, self.image_shape, dtype=weights.dtype, device=weights.device, clean=clean)
+        check_images(x, self.image_shape, dtype=weights.dtype, device=weights.device, clean=clean,
+                     strict=strict)
 
     def diffusion_loss(self, x0: Tensor, rows: Tensor | None = None) -> Tensor:
         """L_simple = E_{t, ε} ||ε − ε̂(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)||², averaged over pixels and batch
@@ -85,9 +86,23 @@ class DiffusionModel(nn.Module):
         diffusion = self.diffusion_loss(x0, rows)
         return {"loss": diffusion, "diffusion": diffusion}
 
-    def eps(self, x_t: Tensor, t: Tensor) -> Tensor:
-        """The noise prediction ε̂(x_t, t): (N, C, H, W), (N,) → (N, C, H, W)."""
-        return self.unet(x_t, t)
+    def eps(self, x_t: Tensor, t: Tensor | int) -> Tensor:
+        """The noise prediction ε̂(x_t, t): (N, C, H, W), (N,) or an int → (N, C, H, W).
+
+        Checks x_t's shape, dtype and device and that t lies in 0..T-1 (one device sync); the
+        samplers call ``self.unet`` directly, so their loops never pay for the check."""
+        self._check_images(x_t)
+        return self.unet(x_t, check_timesteps(t, x_t.shape[0], self.schedule.num_steps, x_t.device))
+
+    def check_sampling(self, n: int, steps: int | None, generator) -> None:
+        """The checks every public sampler runs once, before any work: ``n`` images (1..MAX_BATCH),
+        ``steps`` None or 1..T (a request above T is refused, never clamped), ``generator``."""
+        from .inputs import MAX_BATCH
+
+        check_int(n, "n", 1, MAX_BATCH)
+        if steps is not None:
+            check_int(steps, "steps", 1, self.schedule.num_steps)
+        check_generator(generator, next(self.parameters()).device)
 
     def sample(
         self,
@@ -103,7 +118,8 @@ class DiffusionModel(nn.Module):
         ``jdm.sampling.DEFAULT_DDIM_STEPS``) and ``eta`` (None: 0, deterministic), or ancestral
         DDPM over every step with ``method="ddpm"``. Runs in eval mode (no dropout) whatever the
         model's mode, and leaves that mode as it was."""
-        return self.run_sampler(self.eps, n, method=method, steps=steps,
+        self.check_sampling(n, steps, generator)
+        return self.run_sampler(self.unet, n, method=method, steps=steps,
                                 eta=0.0 if eta is None else eta, generator=generator,
                                 progress=progress)
 

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, take_rows
-from .inputs import check_images
+from .inputs import check_images, check_int
 from .joint import augment_images
 from .unet import UNet, UNetConfig
 from .utils import eval_mode
@@ -107,7 +107,8 @@ class EncoderClassifier(nn.Module):
     @torch.no_grad()
     def predict(self, x: Tensor, batch_size: int = 512) -> Tensor:
         """Class indices (N,) long, in eval mode (restored afterwards), ``batch_size`` at a time."""
-        self._check_images(x)
+        self._check_images(x, clean=True)
+        batch_size = check_int(batch_size, "batch_size", 1)
         device = next(self.parameters()).device
         with eval_mode(self):
             out = [self.classify(x[i:i + batch_size].to(device)).argmax(1).cpu()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diffusion import MODEL_KINDS
+from .inputs import check_images, check_int
 from .utils import eval_mode
 
 __all__ = ["EvaluatorNet", "train_evaluator", "load_evaluator", "EVALUATOR_NAME"]
@@ -137,9 +138,9 @@ class EvaluatorNet(nn.Module):
     # ------------------------------------------------------------------------------ batched use
     @torch.no_grad()
     def _batched(self, fn, x: Tensor, batch_size: int) -> Tensor:
-        self._check_images(x)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # the public entry points: the full check (scale included, one sync) once per call
+        check_images(x, self.image_shape, dtype=next(self.parameters()).dtype, clean=True)
+        batch_size = check_int(batch_size, "batch_size", 1)
         device = next(self.parameters()).device
         with eval_mode(self):
             return torch.cat([fn(x[i:i + batch_size].to(device)).cpu()

@@ -19,7 +19,11 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["check_images", "check_timesteps", "check_image_range"]
+__all__ = ["check_images", "check_timesteps", "check_image_range", "check_int", "check_float",
+           "check_generator", "SEED_LIMIT", "MAX_BATCH"]
+
+SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: numpy's range; seed * 1_000_003 + epoch fits int64
+MAX_BATCH = 65_536  # images in one request (a batch, a grid): larger is a typo, not a workload
 
 _RANGE_TOLERANCE = 1e-3  # float32 rounding of v / 127.5 - 1 and of samplers' clamps
 
@@ -30,7 +34,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 
 def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype | None = None,
                  device: torch.device | None = None, clean: bool = False,
-                 name: str = "images") -> None:
+                 name: str = "images", strict: bool = True) -> None:
     """Check a batch of images (N, *image_shape) before it reaches a model.
 
     Args:
@@ -40,6 +44,7 @@ def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype 
         clean: ``x`` holds clean images, so also check their scale (one device sync; see
             ``check_image_range``). Noisy x_t are unbounded: pass False.
         name: what to call ``x`` in messages.
+        strict: with ``clean``, refuse any value outside [-1, 1] (see ``check_image_range``).
 
     Raises:
         ValueError: not a tensor, wrong shape, empty batch, integer/float64 dtype, another device
@@ -67,18 +72,22 @@ def check_images(x: Tensor, image_shape: tuple[int, ...], *, dtype: torch.dtype 
         raise ValueError(f"{name} are on {x.device} but the model is on {device}; "
                          "move them with x.to(device)")
     if clean:
-        check_image_range(x, name)
+        check_image_range(x, name, strict=strict)
 
 
-def check_image_range(x: Tensor, name: str = "images", strict: bool = False) -> None:
-    """Check that clean images are finite and not scaled as [0, 1] or [0, 255] (one device sync).
+def check_image_range(x: Tensor, name: str = "images", strict: bool = True) -> None:
+    """Check that clean images are finite and in [-1, 1] (one device sync).
 
-    A batch without any negative value is not on jdm's scale: above 1 it is an error ("0..255
-    pixel values?"), otherwise a ``UserWarning`` ("[0, 1]?") when its maximum exceeds 0.5 (a
-    uniform grey batch, e.g. zeros, is valid in [-1, 1] and passes). Real Fashion-MNIST images in
-    [-1, 1] always hold −1 (the background). With ``strict``, any value outside [-1, 1] is an
-    error too (for data sets); without it, values beyond ±1 *with* negatives pass, as a predicted
-    x̂_0 (``schedule.predict_x0``) does when it is classified.
+    Any value outside [-1, 1] (beyond float rounding) is an error: 0..255 pixel values, but also
+    torchvision-``Normalize``d images (e.g. [-0.81, 2.02]) and [-1, 1] images converted a second
+    time with ``x * 2 - 1`` ([-3, 1]), which a model would otherwise classify confidently wrong.
+    A batch without any negative value whose maximum exceeds 0.5 gets a ``UserWarning``
+    ("[0, 1]?"): real Fashion-MNIST images in [-1, 1] always hold −1 (the background), while a
+    uniform grey batch (e.g. zeros) is valid and passes.
+
+    ``strict=False`` lets values beyond ±1 pass when the batch also holds negatives: for a
+    predicted x̂_0 (``schedule.predict_x0``) that a guidance objective classifies with gradients,
+    which legitimately leaves [-1, 1]. Everything that takes data is strict.
     """
     low, high = (float(v) for v in torch.aminmax(x.detach().float()))
     if not math.isfinite(low) or not math.isfinite(high):
@@ -88,7 +97,9 @@ def check_image_range(x: Tensor, name: str = "images", strict: bool = False) -> 
         raise ValueError(f"{name} must lie in [-1, 1], {found}: they look like 0..255 pixel values; "
                          "convert with x / 127.5 - 1")
     if strict and (low < -1 - _RANGE_TOLERANCE or high > 1 + _RANGE_TOLERANCE):
-        raise ValueError(f"{name} must lie in [-1, 1], {found}")
+        raise ValueError(f"{name} must lie in [-1, 1] (jdm's image scale), {found}: undo any "
+                         "Normalize(mean, std) or second x * 2 - 1; images in [0, 1] convert "
+                         "with x * 2 - 1")
     if low >= 0 and high > 0.5:
         warnings.warn(f"{name} have no negative values ({found}): they look like [0, 1] images, "
                       "but jdm expects [-1, 1]; convert with x * 2 - 1", UserWarning, stacklevel=3)
@@ -121,3 +132,47 @@ def check_timesteps(t: Tensor | int | None, n: int, num_steps: int,
             raise ValueError(f"t must lie in {allowed} (the schedule's steps), got values from "
                              f"{low} to {high}")
     return t.to(device=device, dtype=torch.long)
+
+
+def check_int(value, name: str, low: int = 1, high: int | None = None) -> int:
+    """``value`` as an int if it is an integer (not a bool, not a float such as 2.5 or 10.0, not a
+    string) in ``low..high`` (``high`` None: no upper bound); else a ``ValueError`` naming ``name``
+    and the allowed range. Call it at public entry points, before any work."""
+    allowed = f"{low}..{high}" if high is not None else f">= {low}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer ({allowed}), got {value!r} "
+                         f"({type(value).__name__})")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        upper = f" and <= {high}" if high is not None else ""
+        raise ValueError(f"{name} must be >= {low}{upper}, got {value}")
+    return value
+
+
+def check_float(value, name: str, low: float | None = None, high: float | None = None) -> float:
+    """``value`` as a float if it is a finite real number (an int is fine, a bool or a string is
+    not) in [low, high] (None: unbounded on that side); else a ``ValueError`` naming ``name``."""
+    allowed = ("a finite number" + (f" >= {low:g}" if low is not None and high is None else "")
+               + (f" in [{low:g}, {high:g}]" if low is not None and high is not None else "")
+               + (f" <= {high:g}" if high is not None and low is None else ""))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value) or (low is not None and value < low) or (
+            high is not None and value > high):
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return value
+
+
+def check_generator(generator, device: torch.device, name: str = "generator") -> None:
+    """``generator`` must be None or a ``torch.Generator`` on ``device``'s type: the samplers draw
+    their noise on the generator's device, so a CUDA generator for a CPU model (or on a machine
+    without CUDA) would fail deep inside torch."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"{name} must be a torch.Generator or None, got {generator!r} "
+                         f"({type(generator).__name__}); e.g. torch.Generator().manual_seed(0)")
+    if generator.device.type not in ("cpu", torch.device(device).type):
+        raise ValueError(f"{name} is on {generator.device} but the model is on {device}: use "
+                         "torch.Generator() (CPU) or one on the model's device")

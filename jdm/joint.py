@@ -46,7 +46,7 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
-from .inputs import check_images, check_timesteps
+from .inputs import check_images, check_int, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
 from .schedule import NoiseSchedule, values_checkable
 from .unet import UNet
@@ -261,9 +261,12 @@ class JointDiffusion(DiffusionModel):
         (N,) tensor classifies noisy x_t at that step (meaningful for a ``noise_aware`` model).
         Keeps gradients (guidance differentiates through it) and uses the model's current mode:
         call ``model.eval()`` first, or use ``predict``. Clean images are checked for their scale
-        (``jdm.inputs.check_image_range``: [0, 255] is an error, [0, 1] a warning).
+        (``jdm.inputs.check_image_range``: [0, 255] is an error, [0, 1] a warning). Values beyond
+        ±1 pass here, because ``classify`` also judges predicted x̂_0 estimates (guidance,
+        notebook 06, tests/test_guidance.py), which leave [-1, 1]; ``predict``, the entry point
+        for data, refuses them.
         """
-        self._check_images(x, clean=_is_clean(t))
+        self._check_images(x, clean=_is_clean(t), strict=False)
         return self._logits(x, self._timesteps(t, x.shape[0], x.device))
 
     def _logits(self, x: Tensor, t: Tensor) -> Tensor:
@@ -289,8 +292,9 @@ class JointDiffusion(DiffusionModel):
                 with them.
             generator: makes the draw reproducible.
         """
+        self.check_sampling(n, steps, generator)
         if labels is None:
-            eps_fn, default_eta = self.eps, 0.0
+            eps_fn, default_eta = self.unet, 0.0
         else:
             g = Guidance.of(guidance)
             eps_fn = guided_eps(self, labels, n, g)
@@ -305,6 +309,7 @@ class JointDiffusion(DiffusionModel):
         ``batch_size`` at a time), in eval mode (restored afterwards). Checked as ``classify``."""
         weights = next(self.parameters())
         check_images(x, self.image_shape, dtype=weights.dtype, clean=_is_clean(t))
+        batch_size = check_int(batch_size, "batch_size", 1)
         t = self._timesteps(t, x.shape[0], weights.device)
         with eval_mode(self):
             out = [self._logits(x[i:i + batch_size].to(weights.device), t[i:i + batch_size])

@@ -20,9 +20,7 @@ never overwrites a shipped checkpoint without ``force`` and never with another k
 from __future__ import annotations
 
 import json
-import os
 import re
-import uuid
 from pathlib import Path
 
 import torch
@@ -30,11 +28,13 @@ from torch import nn
 
 from .data import data_dir, sha256
 from .diffusion import MODEL_KINDS, build_model
+from .outputs import write_atomically
 from .train import read_checkpoint
 from .utils import get_device
 
 __all__ = ["checkpoint_dir", "list_pretrained", "list_aliases", "resolve_name", "load_pretrained",
-           "read_manifest", "export_pretrained", "check_export_name", "model_from_weights"]
+           "read_manifest", "export_pretrained", "check_export_name", "model_from_weights",
+           "verify_weights"]
 
 WEIGHTS_FORMAT = "jdm-weights"
 ALIASES_FILE = "aliases.json"
@@ -96,6 +96,18 @@ NO_CHECKPOINTS_HINT = (
     "from a checkout with `pip install -e .` (notebooks/README.md, 'Installing for a class')")
 
 
+def _existing_kind(weights: Path, manifest: Path) -> str:
+    """The model kind of an existing export pair, or a description of what else is there (files
+    that are not a complete weights + manifest pair are never replaced)."""
+    if not (weights.is_file() and manifest.is_file()):
+        return "incomplete (not a weights file + manifest pair)"
+    try:
+        spec = _manifest_at(manifest)["spec"]
+    except ValueError:
+        return "unreadable manifest"
+    return spec.get("kind", "unknown") if isinstance(spec, dict) else "unknown"
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -111,7 +123,10 @@ def read_manifest(name: str) -> dict:
         FileNotFoundError: see ``resolve_name``.
         ValueError: the manifest is not valid JSON, not an object, or lacks ``sha256``/``spec``.
     """
-    path = checkpoint_dir() / f"{resolve_name(name)}.json"
+    return _manifest_at(checkpoint_dir() / f"{resolve_name(name)}.json")
+
+
+def _manifest_at(path: Path) -> dict:
     manifest = _read_json(path)
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} must hold a JSON object (the manifest), got a "
@@ -123,6 +138,39 @@ def read_manifest(name: str) -> dict:
     return manifest
 
 
+def verify_weights(path: Path, blob=None) -> dict:
+    """The one check of a shipped weights file ``NAME.pt`` against its manifest ``NAME.json``
+    beside it, for every way of loading one (``load_pretrained``, ``sample --checkpoint``):
+    the manifest must exist, its sha256 match the file's bytes (checked before the file is
+    unpickled when ``blob`` is None), the file load with ``weights_only=True``, and its spec
+    equal the manifest's. Returns the loaded file (``blob`` if given).
+
+    Raises:
+        ValueError: no manifest, another sha256, an unreadable file, or specs that disagree;
+            the message names the file and how to restore it.
+    """
+    from .train import _json_plain, _load_file
+
+    manifest_path = path.with_suffix(".json")
+    if not manifest_path.is_file():
+        raise ValueError(f"{path} is a jdm weights file without its manifest {manifest_path.name} "
+                         "beside it, so its sha256 cannot be checked; restore both files (`git "
+                         "checkout -- data/checkpoints`) or export the run again")
+    manifest = _manifest_at(manifest_path)
+    if sha256(path) != manifest["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 in {manifest_path.name}: the file is "
+                         f"corrupt or was replaced; restore it with `git checkout -- {path}`")
+    blob = _load_file(path) if blob is None else blob
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path} is not a jdm weights file (no format={WEIGHTS_FORMAT!r} entry)")
+    if _json_plain(blob.get("spec")) != _json_plain(manifest["spec"]):
+        raise ValueError(f"{manifest_path.name} and {path.name} disagree on the model (manifest "
+                         f"spec {manifest['spec']!r}, weights spec {blob.get('spec')!r}): one of "
+                         f"them was edited or replaced; restore both with `git checkout -- "
+                         f"{path.parent}`")
+    return blob
+
+
 def untrained_prefixes(spec: dict) -> tuple[str, ...]:
     """state_dict prefixes of what a model of this spec never trains (not shipped), e.g. the
     classifier baseline's decoder; () for the other kinds."""
@@ -132,9 +180,11 @@ def untrained_prefixes(spec: dict) -> tuple[str, ...]:
 def model_from_weights(blob: dict, path: Path, device: torch.device | str | None = None) -> nn.Module:
     """The model in a loaded ``jdm-weights`` file, in float32 and eval mode, on ``device`` (None:
     the CPU). Refuses weights that hold NaN/inf (naming ``path``)."""
-    state = blob.get("state_dict")
-    if blob.get("format") != WEIGHTS_FORMAT or not isinstance(state, dict) or "spec" not in blob:
+    state = blob.get("state_dict") if isinstance(blob, dict) else None
+    if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT or not isinstance(state, dict) or "spec" not in blob:
         raise ValueError(f"{path} is not a jdm weights file (format {blob.get('format')!r})")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is damaged: its state_dict holds values that are not tensors")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ValueError(f"{path} holds NaN/inf weights ({bad[0]}, …): the file is damaged")
@@ -160,12 +210,8 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.M
     weights file's sha256 must match the manifest: a changed or truncated file is an error.
     """
     name = resolve_name(name)
-    manifest = read_manifest(name)
     path = checkpoint_dir() / f"{name}.pt"
-    if sha256(path) != manifest["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 in {name}.json: the file is corrupt or "
-                         f"was replaced; restore it with `git checkout -- {path}`")
-    return model_from_weights(torch.load(path, map_location="cpu", weights_only=True), path, device)
+    return model_from_weights(verify_weights(path), path, device)
 
 
 def check_export_name(name: str, kind: str, force: bool = False,
@@ -188,25 +234,22 @@ def check_export_name(name: str, kind: str, force: bool = False,
         raise ValueError(f"{name!r} is an alias of {aliases[name]!r}; export under a real name "
                          "and point the alias at it in aliases.json")
     weights, manifest = folder / f"{name}.pt", folder / f"{name}.json"
+    if manifest.name == ALIASES_FILE:
+        raise ValueError(f"export name {name!r} would write {manifest}, the alias table "
+                         "(aliases.json), which an export never replaces: choose another name")
     if weights.exists() or manifest.exists():
-        old = _read_json(manifest).get("spec", {}).get("kind") if manifest.is_file() else None
-        if old is not None and old != kind:
-            raise ValueError(f"{weights} is a shipped {old!r} checkpoint; a {kind!r} model never "
-                             "replaces it: export under another name")
+        old = _existing_kind(weights, manifest)
+        if old != kind:
+            raise ValueError(f"{weights} is a shipped {old!r} checkpoint; a {kind!r} model "
+                             f"never replaces it (nor a file that is not a checkpoint, e.g. "
+                             f"{ALIASES_FILE}): export under another name")
         if not force:
-            raise ValueError(f"{weights} already exists (a shipped checkpoint); pass --force "
-                             "(force=True) to replace it, or export under another name")
+            raise ValueError(f"{weights} already exists (a shipped {kind!r} checkpoint); pass "
+                             "--force (force=True) to replace it, or export under another name")
+    from .outputs import check_writable
+
+    check_writable(folder, "--export", need_bytes=16 << 20)  # before training, not after it
     return weights
-
-
-def _write_atomically(path: Path, write) -> None:
-    """``write(tmp)`` then one ``os.replace(tmp, path)``: never a half-written ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, command: str,
@@ -229,7 +272,7 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
              for k, v in ckpt["ema"].items()
              if k.startswith("module.") and not k.removeprefix("module.").startswith(untrained)}
     blob = {"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}
-    _write_atomically(weights, lambda tmp: torch.save(blob, tmp))
+    write_atomically(weights, lambda tmp: torch.save(blob, tmp))
     manifest = {
         "name": name,
         "spec": ckpt["spec"],
@@ -242,6 +285,6 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
         "size_bytes": weights.stat().st_size,
         "metrics": metrics,
     }
-    _write_atomically(weights.with_suffix(".json"),
+    write_atomically(weights.with_suffix(".json"),
                       lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     return weights

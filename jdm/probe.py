@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .inputs import SEED_LIMIT, check_images, check_int
 from .schedule import NoiseSchedule
 from .utils import eval_mode
 
@@ -35,8 +36,13 @@ def encoder_features(unet: nn.Module, schedule: NoiseSchedule, x0: Tensor, t: in
         One (N, C_i) float32 CPU tensor per feature map, in the order ``[bottleneck, *skips]``
         (the order of ``UNet.feature_channels()``).
     """
-    if not 0 <= t < schedule.num_steps:
-        raise ValueError(f"t must lie in [0, {schedule.num_steps - 1}], got {t}")
+    check_int(t, "t", 0, schedule.num_steps - 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    check_int(seed, "seed", 0, SEED_LIMIT - 1)
+    cfg = getattr(unet, "config", None)
+    shape = ((cfg.image_channels, cfg.image_size, cfg.image_size) if cfg is not None
+             else tuple(x0.shape[1:]) if isinstance(x0, Tensor) else ())
+    check_images(x0, shape, clean=True, name="x0")  # clean images in [-1, 1], checked once
     device = next(unet.parameters()).device
     generator = torch.Generator().manual_seed(seed)
     pooled: list[list[Tensor]] = []

@@ -137,7 +137,7 @@ class Guidance:
         if self.kind not in ("auto", *GUIDANCE_KINDS):
             raise ValueError(f"guidance kind must be one of {('auto', *GUIDANCE_KINDS)}, "
                              f"got {self.kind!r}")
-        if self.scale is not None and not 0 <= self.scale < float("inf"):  # also rejects NaN
+        if self.scale is not None and not 0 <= self.scale < float("inf"):  # also NaN, inf
             raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
         if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) \
                 or self.inner_steps < 1:

@@ -104,6 +104,9 @@ class NoiseSchedule(nn.Module):
         beta_end: float = 0.02,
     ) -> None:
         super().__init__()
+        # an int in 1..100_000, checked before linspace allocates (2.5 or 2e9 would fail inside it)
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= 100_000:
+            raise ValueError(f"num_steps (T) must be an integer in 1..100000, got {num_steps!r}")
         if kind == "linear":
             betas = linear_betas(num_steps, beta_start, beta_end)
         elif kind == "cosine":

@@ -34,7 +34,7 @@ Nothing is lost, nothing is silently wrong:
   finite, and names the file when it refuses;
 * Ctrl-C (SIGINT) or SIGTERM during ``fit`` finishes the current step, saves, and raises
   ``TrainingInterrupted`` (a second Ctrl-C stops at once; the last checkpoint stays);
-* ``fit`` locks its folder (``RunLock``: ``out_dir/.lock`` holds the owner's pid), so two runs
+* ``fit`` locks its folder (``jdm.runlock.RunLock``: an flock on ``out_dir/.lock``), so two runs
   cannot write the same ``last.pt``, and removes temporary files a killed run left behind;
 * resuming checks that the model (``spec``) and the data (``data``: size and sha256 of the
   images and labels) are the ones the checkpoint was trained with.
@@ -43,12 +43,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import sys
 import threading
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,7 +57,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from .distributed import Distributed
-from .inputs import check_image_range
+from .inputs import MAX_BATCH, SEED_LIMIT, check_float, check_image_range, check_int
+from .outputs import write_atomically
+from .runlock import RunLock
 from .utils import eval_mode, get_device, seed_everything
 
 __all__ = [
@@ -145,28 +145,26 @@ class TrainConfig:
     labelled_batch_size: int = 0
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0 (0 = no clipping), got {self.grad_clip}"),
-            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
-            (self.labelled_batch_size >= 0, "labelled_batch_size must be >= 0 (0 = plain batches), "
-                                            f"got {self.labelled_batch_size}"),
-            (self.compile in (False, True, *COMPILE_MODES),
-             f"compile must be False, True or one of {list(COMPILE_MODES)}, got {self.compile!r}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (self.eval_every >= 0, f"eval_every must be >= 0 (0 = never), got {self.eval_every}"),
-            (self.checkpoint_every >= 0,
-             f"checkpoint_every must be >= 0 (0 = only at the end), got {self.checkpoint_every}"),
-            (self.checkpoint_minutes >= 0, "checkpoint_minutes must be >= 0 (0 = never by time), "
-                                           f"got {self.checkpoint_minutes}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        # integers must be ints (steps=2.5 would train past the end and never save the final
+        # checkpoint), numbers finite; each message names the field and its range
+        for name, low, high in (("steps", 1, None), ("batch_size", 1, MAX_BATCH),
+                                ("warmup_steps", 0, None), ("log_every", 1, None),
+                                ("eval_every", 0, None), ("checkpoint_every", 0, None),
+                                ("seed", 0, SEED_LIMIT - 1),
+                                ("labelled_batch_size", 0, MAX_BATCH)):
+            check_int(getattr(self, name), name, low, high)
+        for name, low in (("weight_decay", 0.0), ("grad_clip", 0.0), ("checkpoint_minutes", 0.0)):
+            check_float(getattr(self, name), name, low)
+        if check_float(self.lr, "lr") <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= check_float(self.ema_decay, "ema_decay") < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        for name in ("ema_warmup", "amp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not (isinstance(self.compile, bool) or self.compile in COMPILE_MODES):
+            raise ValueError(f"compile must be False, True or one of {list(COMPILE_MODES)}, "
+                             f"got {self.compile!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -196,81 +194,10 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.checkpoint = checkpoint
 
 
-class RunLock:
-    """Exclusive use of a run folder: ``folder/.lock`` holds the owning process's pid.
-
-        with RunLock("runs/x"):      # ValueError if another live process holds runs/x
-            ...
-
-    Re-entrant within a process (the CLI holds it for a whole command, ``Trainer.fit`` again for
-    its loop). A lock left by a process that no longer exists is taken over (on Windows, where a
-    process cannot be probed safely, the message says to delete the file).
-    """
-
-    _held: dict[Path, int] = {}  # folder → nesting depth, in this process
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.path = self.folder / ".lock"
-
-    def __enter__(self) -> "RunLock":
-        key = self.folder.resolve()
-        if key in RunLock._held:
-            RunLock._held[key] += 1
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):  # second try after removing a dead process's lock
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and _process_alive(owner):
-                    raise ValueError(f"run folder {self.folder} is in use by process {owner} (lock "
-                                     f"file {self.path}); wait for it to finish or choose another "
-                                     "--out / out_dir") from None
-                if owner is not None and os.name == "nt":
-                    raise ValueError(f"run folder {self.folder} is locked by process {owner} "
-                                     f"({self.path}); if no run uses it, delete that file") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(f"{os.getpid()}\n")
-            RunLock._held[key] = 1
-            return self
-        raise ValueError(f"could not lock run folder {self.folder} ({self.path} keeps reappearing)")
-
-    def __exit__(self, *exc) -> None:
-        key = self.folder.resolve()
-        RunLock._held[key] -= 1
-        if RunLock._held[key] == 0:
-            del RunLock._held[key]
-            self.path.unlink(missing_ok=True)
-
-    def _owner(self) -> int | None:
-        try:
-            return int(self.path.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None  # unreadable or half-written: treat as stale
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    if os.name == "nt":  # os.kill(pid, 0) would terminate it there
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
 def _clean_stale_tmp(folder: Path) -> list[Path]:
     """Remove the temporary files (``.NAME.PID.HEX.tmp``) a killed ``save_checkpoint`` left in
     ``folder``; call it only while holding the folder's ``RunLock``. Returns what was removed."""
-    stale = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    stale = sorted(folder.glob(".*.pt.*.tmp*")) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -357,6 +284,9 @@ def read_checkpoint(path: str | Path) -> dict:
 def _load_file(path: Path):
     """``torch.load(path, weights_only=True)`` onto the CPU, with a clear error for a missing,
     truncated or foreign file."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a checkpoint file; pass the file inside it "
+                         f"(e.g. {path / 'last.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one first (python -m jdm train "
                                 f"--out DIR writes DIR/last.pt) or pass the path of an existing one")
@@ -378,23 +308,43 @@ def _check_checkpoint(ckpt, path: Path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"not a jdm checkpoint or corrupt: {path} (no format={CHECKPOINT_FORMAT!r} "
                          "entry); delete it or pass another")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is a version {ckpt['version']} checkpoint; this jdm reads up to "
+    version = ckpt.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"checkpoint {path} is corrupt: its version is {version!r}, not an "
+                         "integer; use an earlier checkpoint or train again")
+    if version > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a version {version} checkpoint; this jdm reads up to "
                          f"version {CHECKPOINT_VERSION}: upgrade jdm")
     _verify_checkpoint(ckpt, path)
     return ckpt
 
 
+# what every training checkpoint holds (``Trainer.checkpoint``), with the types it needs
+_REQUIRED = {"spec": dict, "train_config": dict, "step": int, "model": dict, "ema": dict,
+             "optimizer": dict, "rng": dict}
+
+
 def _verify_checkpoint(ckpt: dict, path: Path) -> None:
-    """Refuse a checkpoint whose contents changed since it was saved or hold NaN/inf."""
-    stored = ckpt.get("checksum")
-    if stored is not None and _digest({k: v for k, v in ckpt.items() if k != "checksum"}) != stored:
-        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match the checksum "
-                         "stored when it was saved; use an earlier checkpoint or train again")
+    """Refuse a checkpoint that holds NaN/inf, lacks its checksum or a part, or whose contents
+    changed since it was saved. Every checkpoint this jdm writes has a checksum: one without is
+    damaged or hand-made, and loading it unchecked could sample from altered weights."""
     bad = _first_non_finite({k: ckpt.get(k) for k in ("model", "ema", "optimizer")})
     if bad is not None:
         raise ValueError(f"checkpoint {path} holds NaN/inf values (in {bad}): the run had diverged "
                          "or the file is damaged; use an earlier checkpoint or train again")
+    stored = ckpt.get("checksum")
+    if not isinstance(stored, str):
+        raise ValueError(f"checkpoint {path} has no checksum, so its integrity cannot be checked "
+                         "(damaged, edited, or not written by jdm's Trainer); use an earlier "
+                         "checkpoint or train again")
+    if _digest({k: v for k, v in ckpt.items() if k != "checksum"}) != stored:
+        raise ValueError(f"checkpoint {path} is corrupt: its contents do not match the checksum "
+                         "stored when it was saved; use an earlier checkpoint or train again")
+    missing = [k for k, kind in _REQUIRED.items() if not isinstance(ckpt.get(k), kind)
+               or isinstance(ckpt.get(k), bool)]
+    if missing or "torch" not in ckpt["rng"]:
+        raise ValueError(f"checkpoint {path} is incomplete: {', '.join(missing) or 'rng'} missing "
+                         "or of the wrong type; use an earlier checkpoint or train again")
 
 
 def _fused_adamw_supported(device: torch.device) -> bool:
@@ -818,13 +768,7 @@ class Trainer:
         state = {**self.checkpoint(), "probe_loss": self._probe_loss()}
         state["checksum"] = _digest(state)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda tmp: torch.save(state, tmp))  # a full disk: an OSError
         self._saved, self._last_save_time = (path, self.step), time.monotonic()
         return path
 
@@ -916,7 +860,7 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
         FileNotFoundError / ValueError: as ``read_checkpoint``; ``ema=False`` on a weights file.
     """
     from .diffusion import build_model  # here, not at the top: the Trainer itself needs no UNet
-    from .pretrained import WEIGHTS_FORMAT, model_from_weights
+    from .pretrained import WEIGHTS_FORMAT, model_from_weights, verify_weights
 
     path = Path(path)
     blob = _load_file(path)
@@ -924,6 +868,7 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
         if not ema:
             raise ValueError(f"{path} is a shipped weights file: it holds only the EMA weights, "
                              "so there are no raw ones to load (drop --raw / ema=False)")
+        verify_weights(path, blob)  # against its manifest, as load_pretrained does
         return model_from_weights(blob, path, device)
     ckpt = _check_checkpoint(blob, path)
     model = build_model(ckpt["spec"])

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["get_device", "seed_everything", "quick_mode", "set_quick_mode", "sweeps_enabled", "pick",
-           "eval_mode"]
+__all__ = ["get_device", "seed_everything", "quick_mode", "set_quick_mode", "sweeps_enabled",
+           "env_switch", "pick", "eval_mode"]
 
 
 def get_device(prefer: str | None = None) -> torch.device:
@@ -47,7 +47,10 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, torch (CPU and every GPU) and return a CPU ``torch.Generator`` seeded alike.
 
     NumPy is seeded too when it is installed (matplotlib brings it), so notebooks are repeatable.
+    ``seed`` is an int in 0 .. 2**32 - 1 (NumPy's range; the Trainer multiplies it by 1_000_003).
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in 0..{2**32 - 1}, got {seed!r}")
     random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
     try:
@@ -59,13 +62,25 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 QUICK_FORCED = "force"   # JDM_QUICK=force: quick mode that a notebook's set_quick_mode cannot turn off
 
 
+def env_switch(name: str, more_on: tuple[str, ...] = ()) -> bool:
+    """An on/off environment variable: 1/true/yes/on (and ``more_on``) is True, unset/empty/0/false/
+    no/off False (any case, surrounding spaces ignored). Anything else (``2``, ``maybe``, ``1.0``)
+    is a ``ValueError`` naming the variable: a typo must not silently mean hours of full mode."""
+    value = os.environ.get(name, "").strip().lower()
+    if value not in _ON + _OFF + more_on:
+        raise ValueError(f"{name}={os.environ[name]!r} is not an on/off value; use one of "
+                         f"{', '.join(_ON + more_on)} (on) or {', '.join(v for v in _OFF if v)} (off)")
+    return value in _ON + more_on
+
+
 def quick_mode() -> bool:
-    """True when ``JDM_QUICK`` is set to 1/true/yes (or force): loops shrink so everything runs in
-    minutes."""
-    return os.environ.get("JDM_QUICK", "").strip().lower() in {"1", "true", "yes", "on", QUICK_FORCED}
+    """True when ``JDM_QUICK`` is 1/true/yes/on, or force (graders: a notebook cannot turn it off):
+    loops shrink so everything runs in minutes (``env_switch`` lists the accepted values)."""
+    return env_switch("JDM_QUICK", more_on=(QUICK_FORCED,))
 
 
 def set_quick_mode(quick: bool | None) -> None:
@@ -85,7 +100,7 @@ def set_quick_mode(quick: bool | None) -> None:
 def sweeps_enabled() -> bool:
     """True when ``JDM_SWEEPS`` is set to 1/true/yes: a notebook re-runs its expensive sweeps instead of
     showing the stored results of their last full run (each says which command regenerates them)."""
-    return os.environ.get("JDM_SWEEPS", "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_switch("JDM_SWEEPS")
 
 
 def project_path(*parts: str) -> Path:

@@ -69,7 +69,8 @@ EXAMPLES = {
             x = sample_loop(eps, model.schedule, (2, 1, 28, 28), method="ddim", steps=3, progress=False)
             assert x.shape == (2, 1, 28, 28)
     """),
-    "counterfactual.py": (["sampling.py", "schedule.py", "representation.py", "utils.py"], TINY_MODEL + """
+    "counterfactual.py": (["sampling.py", "schedule.py", "representation.py", "utils.py", "inputs.py"],
+                          TINY_MODEL + """
         from counterfactual import counterfactual
         x = torch.rand(2, 1, 28, 28) * 2 - 1
         assert counterfactual(model, x, 4, t_star=10, steps=3, progress=False).shape == x.shape
