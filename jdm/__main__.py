@@ -625,7 +625,7 @@ def run_demo(args: argparse.Namespace) -> int:
                                                                     runner_up.tolist())],
                 names, accuracy_text=f"test accuracy {acc:.3f} on {n:,} images",
                 sampler_text=f"{_sampler_name(guidance)}, DDIM-{args.sample_steps}",
-                cf_text=f"towards the runner-up class by {_sampler_name(cf_guidance)}; the "
+                cf_text=f"towards the runner-up class by {_sampler_name(cf_guidance)};\nthe "
                         f"independent evaluator CNN says the target for {flipped} of {k}",
                 path=args.out)
     print(f"wrote {args.out}: {n:,} test images classified, {len(wanted)} conditional samples "

@@ -79,8 +79,8 @@ def _batched(fn, n: int, batch_size: int, progress: bool, desc: str) -> Tensor:
 
 def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Tensor, *,
                          per_class: int = 100, guidance: Guidance | str | None = None,
-                         conditional: bool = True, steps: int | None = None, seed: int = 0,
-                         batch_size: int = 250, progress: bool = True) -> dict:
+                         conditional: bool = True, method: str = "ddim", steps: int | None = None,
+                         seed: int = 0, batch_size: int = 250, progress: bool = True) -> dict:
     """Draw ``per_class`` conditional samples of every class and score them.
 
     Args:
@@ -88,7 +88,7 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
         evaluator: the judge (``load_evaluator()``), with ``predict`` and ``embed``.
         real_images, real_labels: (N, C, H, W), (N,) real images (the test split) to compare with.
         per_class: samples per class (>= 2, for the per-class FD).
-        guidance, steps: the sampler (``JointDiffusion.sample``).
+        guidance, method, steps: the sampler (``JointDiffusion.sample``).
         conditional: False samples unconditionally (``guidance`` unused): then ``agreement`` is
             the chance level a sampler must beat.
         seed: seeds the sampler's generator.
@@ -110,7 +110,7 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
     def draw(part: slice) -> Tensor:
         chunk = labels[part]
         return model.sample(len(chunk), labels=chunk if conditional else None, guidance=guidance,
-                            steps=steps, generator=generator, progress=False)
+                            method=method, steps=steps, generator=generator, progress=False)
 
     samples = _batched(draw, len(labels), batch_size, progress, "conditional samples")
     seconds = time.perf_counter() - start
