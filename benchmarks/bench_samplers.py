@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def main() -> None:
                "steps": sampling["steps"], "seed": args.seed,
                **measure(model, evaluator, test_x, test_y, guidance, args.per_class, args.seed, **sampling),
                "hardware": hardware_string(torch.device("cpu")),
-               "command": "python benchmarks/bench_samplers.py " + " ".join(sys.argv[1:])}
+               "command": "python benchmarks/bench_samplers.py " + shlex.join(sys.argv[1:])}
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                           if k not in ("agreement_per_class", "hardware", "command")}), flush=True)
         key = (row["table"], row["model"], row["sampler"])
