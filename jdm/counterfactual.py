@@ -17,9 +17,9 @@ finds less likely), and changes too faint to matter fade at the end (``fade_smal
 flip/closeness frontier the defaults were chosen on. ``difference_map`` shows what changed.
 
 Copy this file with ``sampling.py``, ``schedule.py``, ``representation.py``, ``utils.py`` and
-``inputs.py`` and it works (torch and tqdm only); the model needs ``unet`` (with ``encode``/``decode``), ``head``, ``schedule``,
-``num_classes`` and ``image_shape`` (a ``JointDiffusion``; ``tests/test_copyable.py`` builds one
-from ``unet.py`` and ``classifier.py`` alone).
+``inputs.py`` and it works (torch and tqdm only); the model needs ``unet`` (with ``encode``/
+``decode``), ``head``, ``schedule``, ``num_classes`` and ``image_shape`` (a ``JointDiffusion``;
+``tests/test_copyable.py`` builds one from ``unet.py`` and ``classifier.py`` alone).
 
     x_cf = counterfactual(model, x, target=0)                 # t* per image, small changes faded
     x_cf = counterfactual(model, x, target=0, t_star=275, min_change=0.0)   # one t*, raw

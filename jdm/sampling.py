@@ -19,9 +19,10 @@ how they compute ε̂. How a conditional sampler steers is one frozen ``Guidance
 The two representation samplers live in ``representation.py``. Measured, with the commands:
 ``docs/samplers.md`` (``benchmarks/bench_samplers.py``).
 
-Copy this file next to ``schedule.py`` and ``representation.py`` and it works (torch and tqdm only); the conditional
-samplers need a model object with ``unet.encode``/``unet.decode``, ``head``, ``schedule`` and
-``num_classes`` (a ``JointDiffusion``, or the few lines of ``tests/test_copyable.py``).
+Copy this file next to ``schedule.py`` and ``representation.py`` and it works (torch and tqdm
+only); the conditional samplers need a model object with ``unet.encode``/``unet.decode``,
+``head``, ``schedule`` and ``num_classes`` (a ``JointDiffusion``, or the few lines of
+``tests/test_copyable.py``).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ except ImportError:  # copied next to schedule.py and representation.py, outside
     from schedule import NoiseSchedule, randn_like
 
 __all__ = ["EpsFn", "Guidance", "sample_loop", "guided_eps", "representation_guided_eps",
-           "representation_x0_guided_eps", "representation_step", "classifier_guided_eps", "check_targets",
+           "representation_x0_guided_eps", "representation_step", "classifier_guided_eps",
+           "check_targets",
            "GUIDANCE_KINDS", "REPRESENTATION_LEVELS", "GRADIENT_RULES", "DIRECTIONS",
            "DEFAULT_SCALES", "DEFAULT_LEVELS", "DEFAULT_RULES",
            "DEFAULT_DDIM_STEPS", "DEFAULT_CONDITIONAL_ETA", "DEFAULT_GUIDANCE"]
