@@ -349,10 +349,22 @@ def ctrl_c_while_sampling(tmp: Path) -> str:
 
 def ctrl_c_at_start(tmp: Path) -> str:
     proc = jdm_process(["train", *h().TINY, "--steps", "2", "--out", tmp / "run"])
-    time.sleep(0.5)  # python has started; jdm is importing torch
+    _wait_until_torch_loads(proc)  # jdm's quiet hook is installed before it imports torch
     proc.send_signal(signal.SIGINT)
     ok, _ = clean_stop(proc)
     return HANDLED if ok else RAW
+
+
+def _wait_until_torch_loads(proc: subprocess.Popen, limit: float = 60.0) -> None:
+    """Until the process has mapped libtorch (jdm is importing torch), or ``limit`` seconds."""
+    maps, start = Path(f"/proc/{proc.pid}/maps"), time.monotonic()
+    while proc.poll() is None and time.monotonic() - start < limit:
+        try:
+            if "libtorch" in maps.read_text():
+                return
+        except OSError:
+            return
+        time.sleep(0.02)
 
 
 def ctrl_c_sample(tmp: Path) -> str:
