@@ -299,7 +299,15 @@ def jdm_process(argv: list) -> subprocess.Popen:
     code = Path(jdm.__file__).resolve().parent.parent
     return subprocess.Popen([sys.executable, "-m", "jdm", *map(str, argv)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=code,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(code)},
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    """In the child, before exec: Ctrl-C as a user's terminal delivers it. A shell starts background
+    jobs with SIGINT ignored, which exec keeps and Python then honours, so a test suite run in the
+    background would otherwise send its SIGINTs into the void."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(proc: subprocess.Popen, prefix: str) -> None:
