@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 import jdm
-from jdm.__main__ import _t_star, hardware_string
+from jdm.cli_types import t_star_value
+from jdm.utils import hardware_string
 from jdm.counterfactual import (AUTO_T_STAR, DEFAULT_COUNTERFACTUAL_STEPS, DEFAULT_MIN_CHANGE,
                                 DEFAULT_T_STAR, STARTS, auto_t_star, counterfactual_guidance)
 from jdm.data import load_tensors
@@ -88,7 +89,7 @@ def main() -> None:
     p.add_argument("--scales", nargs="+", type=float, default=[None],
                    help="guidance scales (default: jdm.counterfactual's for the kind; 0: unguided "
                         "round trip)")
-    p.add_argument("--t-stars", nargs="+", type=_t_star, default=[DEFAULT_T_STAR],
+    p.add_argument("--t-stars", nargs="+", type=t_star_value, default=[DEFAULT_T_STAR],
                    help="ints, or auto (jdm.counterfactual.auto_t_star)")
     p.add_argument("--keep", nargs="+", type=float, default=[0.0])
     p.add_argument("--min-change", nargs="+", type=float, default=[DEFAULT_MIN_CHANGE],

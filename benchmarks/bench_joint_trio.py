@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import jdm
-from jdm.__main__ import hardware_string
+from jdm.utils import hardware_string
 from jdm.data import load_tensors
 from jdm.evaluator import load_evaluator
 from jdm.joint import JointDiffusion

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 import jdm
-from jdm.__main__ import hardware_string
+from jdm.utils import hardware_string
 from jdm.data import CLASS_NAMES, load_tensors
 from jdm.evaluate import evaluate_conditional
 from jdm.evaluator import load_evaluator

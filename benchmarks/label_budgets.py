@@ -54,10 +54,10 @@ def relative_to_root(path: Path) -> Path:
 
 
 def command(model: str, budget: str, seed: int, steps: int, out: Path, export: str | None) -> list[str]:
-    cmd = ["train", "--model", model, *BUDGETS[budget], "--seed", str(seed), "--steps", str(steps),
+    cmd = ["train", "--model", model, *BUDGETS[budget], "--seed", str(seed), "--train-steps", str(steps),
            *RECIPE, "--out", str(out)]
     if model == "joint":
-        cmd += ["--samples", "16", "--sample-steps", "20"]
+        cmd += ["--samples", "16", "--ddim-steps", "20"]
     if export:
         cmd += ["--export", export, "--force"]
     return cmd

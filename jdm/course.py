@@ -185,25 +185,3 @@ def stale_student_editions(out_dir: Path | None = None, folder: Path = NOTEBOOKS
             encoding="utf-8") != notation.read_text(encoding="utf-8")):
         stale.append(NOTATION)
     return stale
-
-
-# ----------------------------------------------------------------------------- grading
-# The grader lives in jdm/grading.py (it imports this module); these keep the course's one API.
-def grade(path: Path, timeout: int = 600, quick: bool = True, run: bool = True,
-          solutions: Path = NOTEBOOKS):
-    """Score a notebook against its solution notebook: see :func:`jdm.grading.grade`."""
-    from .grading import grade as grade_one
-    return grade_one(path, timeout=timeout, quick=quick, run=run, solutions=solutions)
-
-
-def grade_many(paths: list[Path], timeout: int = 600, quick: bool = True, run: bool = True,
-               solutions: Path = NOTEBOOKS):
-    """Read every notebook, then grade each in turn: see :func:`jdm.grading.grade_many`."""
-    from .grading import grade_many as grade_all
-    return grade_all(paths, timeout=timeout, quick=quick, run=run, solutions=solutions)
-
-
-def write_report(reports: list, path: Path) -> None:
-    """The JSON form of one or more reports (what ``--json`` writes)."""
-    from .grading import write_report as write
-    write(reports, path)

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, take_rows
-from .inputs import check_images, check_int
+from .inference import INFERENCE_BATCH, batched
+from .inputs import check_images
 from .joint import augment_images
 from .unet import UNet, UNetConfig
 from .utils import eval_mode
@@ -104,16 +105,16 @@ class EncoderClassifier(nn.Module):
         accuracy = ((logits.argmax(1) == y) & labelled).sum() / count
         return {"loss": ce, "classification": ce, "accuracy": accuracy}
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, batch_size: int = 512) -> Tensor:
-        """Class indices (N,) long, in eval mode (restored afterwards), ``batch_size`` at a time."""
+    def logits(self, x: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
+        """Logits (N, num_classes) on the CPU, in eval mode (restored afterwards), ``batch_size``
+        at a time."""
         self._check_images(x, clean=True)
-        batch_size = check_int(batch_size, "batch_size", 1)
-        device = next(self.parameters()).device
         with eval_mode(self):
-            out = [self.classify(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                   for i in range(0, x.shape[0], batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+            return batched(self.classify, x, batch_size=batch_size)
+
+    def predict(self, x: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
+        """Class indices (N,) long: ``logits(x).argmax(1)``."""
+        return self.logits(x, batch_size).argmax(1)
 
 
 MODEL_KINDS[EncoderClassifier.kind] = EncoderClassifier  # build_model(spec) with kind "classifier"

@@ -24,27 +24,26 @@ from tqdm.auto import tqdm
 
 from .counterfactual import (DEFAULT_MIN_CHANGE, DEFAULT_START, DEFAULT_T_STAR, auto_t_star,
                              counterfactual)
-from .metrics import (class_agreement, frechet_distance, image_distances, per_class_frechet,
-                      precision_recall)
+from .inference import batched
+from .metrics import (accuracy, class_agreement, class_balance, expected_calibration_error,
+                      frechet_distance, image_distances, per_class_frechet, precision_recall)
 from .sampling import Guidance
 from .utils import eval_mode
 
 __all__ = ["evaluate_conditional", "evaluate_counterfactuals", "runner_up_targets",
-           "other_class_targets", "class_matched_indices"]
+           "other_class_targets", "class_matched_indices", "classifier_metrics",
+           "generation_metrics", "MIN_FD_SAMPLES"]
+
+MIN_FD_SAMPLES = 4  # precision/recall use k = 3 nearest neighbours: at least 4 images a set
 
 
-@torch.no_grad()
-def runner_up_targets(model, images: Tensor, batch_size: int = 500) -> Tensor:
+def runner_up_targets(model, images: Tensor) -> Tensor:
     """The class the model's head ranks second for each (clean) image: (N,) long.
 
     The natural question a counterfactual answers is "why this class and not the runner-up?"
     (shirt rather than T-shirt, sneaker rather than ankle boot), so that is the default target.
     """
-    device = next(model.parameters()).device
-    with eval_mode(model):
-        out = [model.classify(images[i:i + batch_size].to(device)).topk(2, dim=1).indices[:, 1].cpu()
-               for i in range(0, images.shape[0], batch_size)]
-    return torch.cat(out)
+    return model.logits(images).topk(2, dim=1).indices[:, 1]
 
 
 def other_class_targets(labels: Tensor, num_classes: int, generator: torch.Generator) -> Tensor:
@@ -186,3 +185,37 @@ def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, t
         "fd": frechet_distance(evaluator.embed(real_images[real]), evaluator.embed(cfs)),
         "t_star_mean": t_star_mean, "seconds": seconds, "counterfactuals": cfs, "predictions": pred,
     }
+
+
+def classifier_metrics(model, images: Tensor, labels: Tensor) -> dict:
+    """Test accuracy and ECE of any model with ``logits(x)`` (joint, classifier, evaluator)."""
+    logits = model.logits(images).float()
+    return {"test_accuracy": round(accuracy(logits, labels), 4),
+            "test_ece": round(expected_calibration_error(logits, labels), 4),
+            "test_images": int(images.shape[0])}
+
+
+@torch.no_grad()
+def generation_metrics(model, images: Tensor, evaluator=None, n_samples: int = 0,
+                       seed: int = 0) -> dict:
+    """Held-out L_simple of a generative model (fixed t and ε: seed 0) and, with an
+    ``evaluator`` and ``n_samples`` >= ``MIN_FD_SAMPLES``, FD, precision, recall and class
+    balance of that many DDIM-50 samples against as many of ``images`` (N, C, H, W)."""
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        torch.manual_seed(0)  # the same t and ε for every model measured this way
+        losses = batched(lambda x: model.diffusion_loss(x).reshape(1), images, device=device)
+        metrics = {"test_loss": round(losses.mean().item(), 5)}
+        n = min(n_samples, images.shape[0])
+        if evaluator is None or n < MIN_FD_SAMPLES:
+            return metrics
+        samples = torch.cat([model.sample(min(250, n - i), steps=50, progress=False,
+                                          generator=torch.Generator().manual_seed(seed + i)).cpu()
+                             for i in range(0, n, 250)])
+    real, fake = evaluator.embed(images[:n]), evaluator.embed(samples)
+    balance = class_balance(evaluator.predict(samples), evaluator.num_classes)
+    metrics.update({"fd_evaluator": round(frechet_distance(real, fake), 3),
+                    **{k: round(v, 4) for k, v in precision_recall(real, fake).items()},
+                    "class_balance_entropy": round(balance["normalized_entropy"], 4),
+                    "fd_samples": n, "fd_sampler": "ddim-50"})
+    return metrics

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .diffusion import MODEL_KINDS
-from .inputs import check_images, check_int
+from .inference import INFERENCE_BATCH, batched
+from .inputs import check_images
 from .utils import eval_mode
 
 __all__ = ["EvaluatorNet", "train_evaluator", "load_evaluator", "EVALUATOR_NAME"]
@@ -136,25 +137,21 @@ class EvaluatorNet(nn.Module):
             raise ValueError(f"not a valid evaluator spec ({err}): {spec!r}") from err
 
     # ------------------------------------------------------------------------------ batched use
-    @torch.no_grad()
     def _batched(self, fn, x: Tensor, batch_size: int) -> Tensor:
         # the public entry points: the full check (scale included, one sync) once per call
         check_images(x, self.image_shape, dtype=next(self.parameters()).dtype, clean=True)
-        batch_size = check_int(batch_size, "batch_size", 1)
-        device = next(self.parameters()).device
         with eval_mode(self):
-            return torch.cat([fn(x[i:i + batch_size].to(device)).cpu()
-                              for i in range(0, x.shape[0], batch_size)])
+            return batched(fn, x, batch_size=batch_size, device=next(self.parameters()).device)
 
-    def embed(self, x: Tensor, batch_size: int = 1000) -> Tensor:
-        """``features`` of many images, in eval mode, ``batch_size`` at a time: (N, feature_dim)."""
+    def embed(self, x: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
+        """``features`` of many images, in eval mode: (N, feature_dim) on the CPU."""
         return self._batched(self.features, x, batch_size)
 
-    def logits(self, x: Tensor, batch_size: int = 1000) -> Tensor:
+    def logits(self, x: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """Logits of many images, in eval mode: (N, num_classes) on the CPU."""
         return self._batched(self, x, batch_size)
 
-    def predict(self, x: Tensor, batch_size: int = 1000) -> Tensor:
+    def predict(self, x: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """Predicted classes (N,) long, in eval mode."""
         return self.logits(x, batch_size).argmax(1)
 

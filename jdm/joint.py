@@ -46,6 +46,7 @@ from torch import Tensor
 
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
+from .inference import INFERENCE_BATCH, batched
 from .inputs import check_images, check_int, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
 from .schedule import NoiseSchedule, values_checkable
@@ -303,18 +304,20 @@ class JointDiffusion(DiffusionModel):
                                 eta=default_eta if eta is None else eta, generator=generator,
                                 progress=progress)
 
-    @torch.no_grad()
-    def predict(self, x: Tensor, t: Tensor | int | None = None, batch_size: int = 512) -> Tensor:
-        """Class indices (N,) long of images x (N, C, H, W) anywhere (moved to the model's device
-        ``batch_size`` at a time), in eval mode (restored afterwards). Checked as ``classify``."""
+    def logits(self, x: Tensor, t: Tensor | int | None = None,
+               batch_size: int = INFERENCE_BATCH) -> Tensor:
+        """Logits (N, num_classes) on the CPU of images x (N, C, H, W) anywhere, in eval mode
+        (restored afterwards), ``batch_size`` at a time. Checked as ``classify``, but strictly."""
         weights = next(self.parameters())
         check_images(x, self.image_shape, dtype=weights.dtype, clean=_is_clean(t))
-        batch_size = check_int(batch_size, "batch_size", 1)
         t = self._timesteps(t, x.shape[0], weights.device)
         with eval_mode(self):
-            out = [self._logits(x[i:i + batch_size].to(weights.device), t[i:i + batch_size])
-                   .argmax(1).cpu() for i in range(0, x.shape[0], batch_size)]
-        return torch.cat(out)
+            return batched(self._logits, x, t, batch_size=batch_size, device=weights.device)
+
+    def predict(self, x: Tensor, t: Tensor | int | None = None,
+                batch_size: int = INFERENCE_BATCH) -> Tensor:
+        """Class indices (N,) long: ``logits(x, t).argmax(1)``."""
+        return self.logits(x, t, batch_size).argmax(1)
 
 
 MODEL_KINDS[JointDiffusion.kind] = JointDiffusion  # build_model(spec) with kind "joint"

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["check_output", "check_writable", "write_atomically", "inside_data_folder"]
+__all__ = ["check_output", "check_writable", "write_atomically", "inside_data_folder", "save_grid"]
 
 _SHIPPED_DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -157,3 +158,17 @@ def _as_os_error(err: RuntimeError, path: Path) -> OSError:
                                      "any, is kept: free some space and run again")
     return OSError(errno.EIO, f"could not write {path} ({first}); the previous file, if any, is "
                               "kept")
+
+
+def save_grid(images, path: str | Path) -> Path:
+    """Save images (N, C, H, W) in [-1, 1] as one roughly square grid image (PNG, JPEG, …),
+    atomically: an interruption leaves no partial file."""
+    from torchvision.utils import save_image
+
+    path = Path(path)
+    if not path.suffix:
+        raise ValueError(f"{path} has no file extension; use e.g. samples.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomically(path, lambda tmp: save_image(
+        images, tmp, nrow=math.ceil(math.sqrt(images.shape[0])), normalize=True,
+        value_range=(-1, 1)))

@@ -8,6 +8,7 @@ whole course executes in minutes on a CPU. It is read here and nowhere else: cod
 from __future__ import annotations
 
 import os
+import platform
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +17,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["get_device", "seed_everything", "quick_mode", "set_quick_mode", "sweeps_enabled",
+__all__ = ["get_device", "hardware_string", "seed_everything", "quick_mode", "set_quick_mode", "sweeps_enabled",
            "env_switch", "pick", "eval_mode"]
+
+
+def hardware_string(device: torch.device) -> str:
+    """Where a run happened, for logs and manifests, e.g. 'NVIDIA H100 … (cuda), 16 CPU cores, …'."""
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU {platform.processor() or platform.machine()}")
+    return (f"{name} ({device.type}), {os.cpu_count()} CPU cores, {platform.system()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
 
 def get_device(prefer: str | None = None) -> torch.device:

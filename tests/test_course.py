@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 import jdm.checks
-from jdm import course
+from jdm import course, grading
 from jdm.__main__ import main
 
 NOTEBOOKS = course.solution_notebooks()
@@ -162,7 +162,7 @@ def test_committed_student_notebooks_are_up_to_date():
 # ----------------------------------------------------------------------------- the grader
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_solutions_score_full_marks_from_their_outputs(path):
-    report = course.grade(path, run=False)
+    report = grading.grade(path, run=False)
     assert report.score == report.max_score > 0, report.to_text()
 
 
@@ -170,7 +170,7 @@ def test_grader_scores_a_solution_and_one_solved_exercise(tmp_path):
     """Executed in quick mode: 100 %, and a student edition with only its second exercise answered
     gets exactly that exercise's points (the untouched ones: the test below)."""
     solution = NOTEBOOKS[0]
-    full = course.grade(solution)
+    full = grading.grade(solution)
     assert full.score == full.max_score and full.other_errors == [], full.to_text()
 
     student_path = tmp_path / solution.name
@@ -180,7 +180,7 @@ def test_grader_scores_a_solution_and_one_solved_exercise(tmp_path):
         if cell.metadata.get("nbgrader", {}).get("grade_id") == answer.metadata.nbgrader.grade_id:
             cell.source = answer.source
     nbformat.write(student, student_path)
-    one = course.grade(student_path)
+    one = grading.grade(student_path)
     assert one.score == check.metadata.nbgrader.points
     assert [r.grade_id for r in one.results if r.passed] == [check.metadata.nbgrader.grade_id]
 
@@ -212,7 +212,7 @@ STUDENT_NOTEBOOKS = sorted((course.NOTEBOOKS / "student").glob("[0-9][0-9]_*.ipy
 def test_untouched_student_notebook_scores_zero_and_fails_only_in_its_checks(path):
     """Run top to bottom in quick mode (going on after errors, as the graders do): every check says
     its exercise is not done yet, and no other cell raises — nothing after an exercise uses it."""
-    report = course.grade(path)
+    report = grading.grade(path)
     assert report.score == 0 and report.other_errors == [], report.to_text()
     nb = _read(path)
     for result, exercise in zip(report.results, course.exercises(nb)):

@@ -120,11 +120,11 @@ def base_settings(args: argparse.Namespace) -> Settings:
             # graph without inductor's minutes of C++ build)
             nproc=2, compile="aot_eager",
             train_extra=["--limit", "128", "--timesteps", "50", "--test-limit", "64",
-                         "--samples", "4", "--sample-steps", "2"],
+                         "--samples", "4", "--ddim-steps", "2"],
             bench_args=["--config", "tiny", "--images", "64", "--batch", "8", "--models", "ddpm",
                         "--variants", "old", "eager", "--steps", "1", "--trials", "1",
                         "--threads", "1"],
-            demo_args=["--test-images", "40", "--samples-per-class", "1", "--sample-steps", "2",
+            demo_args=["--test-images", "40", "--samples-per-class", "1", "--ddim-steps", "2",
                        "--counterfactuals", "1"],
             # one thread each: OpenMP's spinning threads slow everything on a shared small CPU
             env={"OMP_NUM_THREADS": "1"})
@@ -284,16 +284,22 @@ def phase_notebooks(run: Run, mode: str, notebooks: list[Path]) -> None:
 
 
 def recipe_flags() -> argparse.Namespace:
-    """The shipped joint model's training flags, parsed by the CLI's own parser."""
-    from jdm.__main__ import build_parser
+    """The shipped joint model's training settings, read from its manifest's ``spec`` and
+    ``train_config`` (the structured record of its command)."""
     from jdm.pretrained import read_manifest
 
-    argv = shlex.split(read_manifest(RECIPE)["command"])
-    return build_parser().parse_args(argv[argv.index("train"):])
+    manifest = read_manifest(RECIPE)
+    spec, config = manifest["spec"], manifest["train_config"]
+    return argparse.Namespace(
+        lr=config["lr"], warmup_steps=config["warmup_steps"], ema_decay=config["ema_decay"],
+        seed=config["seed"], timesteps=spec["schedule"]["num_steps"],
+        schedule=spec["schedule"]["kind"], dropout=spec["unet"]["dropout"], alpha=spec["alpha"],
+        noise_aware=spec["noise_aware"], augment=spec["augment"],
+        head_hidden=spec["head_hidden"], head_dropout=spec["head_dropout"])
 
 
 def train_commands(run: Run, alpha_run: bool) -> dict[str, list[str]]:
-    """{run name: CLI arguments without --steps} for the trio (and the α = 0.001 joint run):
+    """{run name: CLI arguments without --train-steps} for the trio (and the α = 0.001 joint run):
     the shipped joint recipe's optimisation flags, the ``Settings.config`` UNet for all, each
     run on ``Settings.nproc`` ranks (torchrun) and compiled as ``Settings.compile`` says."""
     r, s = recipe_flags(), run.s
@@ -359,7 +365,7 @@ def phase_train(run: Run, alpha_run: bool) -> None:
                     "batch_size": s.batch_size, "alpha_0.001_run": "trained alongside the trio"
                     if alpha_run else "not run (--no-alpha-run, or the dry run)"}
     run.report["phases"]["train"] = report
-    calib = train_all(run, commands, ["--steps", str(s.calibration_steps), "--fd-samples", "0"],
+    calib = train_all(run, commands, ["--train-steps", str(s.calibration_steps), "--fd-samples", "0"],
                       phase_end, "calibration")
     report["calibration"] = calib
     run.save()
@@ -378,7 +384,7 @@ def phase_train(run: Run, alpha_run: bool) -> None:
                       planned_steps=steps)
         if steps > s.calibration_steps:
             final = train_all(run, {n: commands[n] for n in ok},
-                              ["--steps", str(steps), "--resume", "--fd-samples",
+                              ["--train-steps", str(steps), "--resume", "--fd-samples",
                                str(s.fd_samples)], phase_end, "final")
             report["final"] = final
     report["exports"] = export_runs(run, commands, calib, final)
