@@ -21,7 +21,7 @@ was trained for 2 epochs (936 steps of 128, AdamW lr 1e-3, EMA) in 649 s on one 
 shared CPU and reaches 92.0% accuracy on the 10,000 test images (ECE 0.006); its manifest,
 ``data/checkpoints/evaluator-fmnist.json``, holds the exact command:
 
-    python -m jdm train --model evaluator --steps 936 --batch-size 128 --lr 1e-3 \\
+    python -m jdm train --model evaluator --train-steps 936 --batch-size 128 --lr 1e-3 \\
         --out runs/evaluator-fmnist --export evaluator-fmnist
     evaluator = jdm.evaluator.load_evaluator()        # EvaluatorNet, eval mode, CPU
 """
@@ -208,6 +208,6 @@ def load_evaluator(device: torch.device | str | None = None) -> EvaluatorNet:
         raise FileNotFoundError(
             f"the evaluator checkpoint {EVALUATOR_NAME!r} is not in data/checkpoints/; restore it "
             f"with `git checkout -- data/checkpoints/` or train and export it with `python -m jdm "
-            f"train --model evaluator --steps 936 --lr 1e-3 --out runs/{EVALUATOR_NAME} "
+            f"train --model evaluator --train-steps 936 --lr 1e-3 --out runs/{EVALUATOR_NAME} "
             f"--export {EVALUATOR_NAME}` (about 10 minutes on a CPU)")
     return load_pretrained(EVALUATOR_NAME, device=device)

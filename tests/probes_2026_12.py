@@ -35,7 +35,7 @@ def h():
 
 
 def train(out: Path, *extra) -> list:
-    return ["train", *h().TINY, "--steps", "2", "--out", out, *extra]
+    return ["train", *h().TINY, "--train-steps", "2", "--out", out, *extra]
 
 
 def refused_before_work(argv: list, match: str, out: Path) -> str:
@@ -96,7 +96,7 @@ SAMPLE = ["sample", "--checkpoint", ROOT / "data/checkpoints/ddpm-fmnist-small.p
 def demo_steps_above_t(tmp: Path) -> str:
     out = tmp / "c14.png"
     outcome = h().cli_error(["demo", "--model", "jdm-fmnist", "--test-images", "20",
-                             "--samples-per-class", "1", "--sample-steps", "2000",
+                             "--samples-per-class", "1", "--ddim-steps", "2000",
                              "--counterfactuals", "1", "--device", "cpu", "--out", out], "T = ")
     return SILENT if out.exists() else outcome
 
@@ -194,7 +194,7 @@ def shipped_file(tmp: Path, damage, command: str, match: str, name: str = "ddpm-
         if command == "demo":
             return h().cli_error(["demo", "--model", name, "--device", "cpu", "--out", tmp / "d.png"],
                                  match)
-        return h().cli_error([*SAMPLE[:2], pt, *SAMPLE[3:], "--n", "2", "--steps", "2", "--out",
+        return h().cli_error([*SAMPLE[:2], pt, *SAMPLE[3:], "--n", "2", "--ddim-steps", "2", "--out",
                               tmp / "s.png"], match)
 
 
@@ -242,7 +242,7 @@ def flipped_weights(pt: Path, manifest: Path) -> None:
 
 def run_checkpoint(tmp: Path) -> Path:
     run = tmp / "run"
-    h().cli(["train", *h().TINY, "--steps", "1", "--out", run])
+    h().cli(["train", *h().TINY, "--train-steps", "1", "--out", run])
     return run / "last.pt"
 
 
@@ -251,9 +251,9 @@ def edited_checkpoint(tmp: Path, edit, command: str, match: str) -> str:
     ckpt = torch.load(path, weights_only=True)
     torch.save(edit(ckpt), path)
     if command == "resume":
-        return h().cli_error(["train", *h().TINY, "--steps", "2", "--out", path.parent, "--resume"],
+        return h().cli_error(["train", *h().TINY, "--train-steps", "2", "--out", path.parent, "--resume"],
                              match)
-    return h().cli_error([*SAMPLE[:2], path, *SAMPLE[3:], "--n", "2", "--steps", "2", "--out",
+    return h().cli_error([*SAMPLE[:2], path, *SAMPLE[3:], "--n", "2", "--ddim-steps", "2", "--out",
                           tmp / "s.png"], match)
 
 
@@ -280,14 +280,14 @@ def incomplete(tmp: Path) -> str:
     path.parent.mkdir()
     torch.save({"format": "jdm-checkpoint", "version": 1}, path)
     outcomes = {h().cli_error([*SAMPLE[:2], path, *SAMPLE[3:], "--out", tmp / "s.png"], "last.pt"),
-                h().cli_error(["train", *h().TINY, "--steps", "1", "--out", path.parent, "--resume"],
+                h().cli_error(["train", *h().TINY, "--train-steps", "1", "--out", path.parent, "--resume"],
                               "checksum")}
     return outcomes.pop() if len(outcomes) == 1 else RAW
 
 
 def last_pt_directory(tmp: Path) -> str:
     (tmp / "run" / "last.pt").mkdir(parents=True)
-    return h().cli_error(["train", *h().TINY, "--steps", "1", "--out", tmp / "run", "--resume"],
+    return h().cli_error(["train", *h().TINY, "--train-steps", "1", "--out", tmp / "run", "--resume"],
                          "is a directory")
 
 
@@ -324,7 +324,7 @@ def clean_stop(proc: subprocess.Popen) -> tuple[bool, str]:
 
 def double_ctrl_c(tmp: Path) -> str:
     out = tmp / "run"
-    proc = jdm_process(["train", *h().TINY, "--steps", "100000", "--checkpoint-every", "0",
+    proc = jdm_process(["train", *h().TINY, "--train-steps", "100000", "--checkpoint-every", "0",
                         "--out", out])
     wait_for(proc, "step 3/")
     proc.send_signal(signal.SIGINT)
@@ -337,8 +337,8 @@ def double_ctrl_c(tmp: Path) -> str:
 def ctrl_c_while_sampling(tmp: Path) -> str:
     """SIGINT once the samples.png progress bar shows (training is over and saved)."""
     out = tmp / "run"
-    argv = ["train", *[a for a in h().TINY if a != "--no-progress"], "--steps", "2", "--samples",
-            "64", "--sample-steps", "50", "--out", out]
+    argv = ["train", *[a for a in h().TINY if a != "--no-progress"], "--train-steps", "2", "--samples",
+            "64", "--ddim-steps", "50", "--out", out]
     proc = jdm_process(argv)
     seen = ""
     while "ddim sampling" not in seen and proc.poll() is None:
@@ -350,13 +350,13 @@ def ctrl_c_while_sampling(tmp: Path) -> str:
         return RAW
     if not (out / "last.pt").is_file():
         return LOSS
-    again = ["train", *h().TINY, "--steps", "2", "--out", out, "--resume"]  # fewer samples: faster
+    again = ["train", *h().TINY, "--train-steps", "2", "--out", out, "--resume"]  # fewer samples: faster
     status, _ = h().cli(again)
     return HANDLED if status == 0 and (out / "train_log.json").is_file() else RAW
 
 
 def ctrl_c_at_start(tmp: Path) -> str:
-    proc = jdm_process(["train", *h().TINY, "--steps", "2", "--out", tmp / "run"])
+    proc = jdm_process(["train", *h().TINY, "--train-steps", "2", "--out", tmp / "run"])
     _wait_until_torch_loads(proc)  # jdm's quiet hook is installed before it imports torch
     proc.send_signal(signal.SIGINT)
     ok, _ = clean_stop(proc)
@@ -378,7 +378,7 @@ def _wait_until_torch_loads(proc: subprocess.Popen, limit: float = 60.0) -> None
 def ctrl_c_sample(tmp: Path) -> str:
     """SIGINT once sample's progress bar shows: no traceback, no partial image."""
     out = tmp / "f11.png"
-    proc = jdm_process([*[a for a in SAMPLE if a != "--no-progress"], "--n", "64", "--steps", "200",
+    proc = jdm_process([*[a for a in SAMPLE if a != "--no-progress"], "--n", "64", "--ddim-steps", "200",
                         "--out", out])
     seen = ""
     while "ddim sampling" not in seen and proc.poll() is None:
@@ -446,7 +446,7 @@ def live_foreign_pid(tmp: Path) -> str:
     out = tmp / "run"
     out.mkdir()
     (out / ".lock").write_text("1\n")
-    return h().cli_error(["train", *h().TINY, "--steps", "1", "--out", out], "stale")
+    return h().cli_error(["train", *h().TINY, "--train-steps", "1", "--out", out], "stale")
 
 
 # ------------------------------------------------------------------------------ H: full disks
@@ -465,7 +465,7 @@ def full_disk_in_save(tmp: Path) -> str:
     out = tmp / "run"
     try:
         with mock.patch.object(torch, "save", save):
-            outcome = h().cli_error(["train", *h().TINY, "--steps", "6", "--checkpoint-every", "2",
+            outcome = h().cli_error(["train", *h().TINY, "--train-steps", "6", "--checkpoint-every", "2",
                                      "--out", out], "no space")
     finally:
         shutil.disk_usage = real_usage
@@ -498,7 +498,7 @@ def evaluate_over_manifest(tmp: Path) -> str:
         manifest = data / "checkpoints" / "joint-fmnist-small-gpu.json"
         before = manifest.read_bytes()
         outcome = h().cli_error(["evaluate", "counterfactual", "--n", "2", "--t-star", "10",
-                                 "--steps", "1", "--device", "cpu", "--json", manifest], "data folder")
+                                 "--ddim-steps", "1", "--device", "cpu", "--json", manifest], "data folder")
         return LOSS if manifest.read_bytes() != before else outcome
 
 
@@ -526,7 +526,7 @@ def earlier_outputs(tmp: Path) -> str:
     out.mkdir()
     (out / "samples.png").write_bytes(b"an earlier run's grid")
     (out / "train_log.json").write_text('{"earlier": true}')
-    outcome = refused_before_work(["train", *h().TINY, "--steps", "1", "--seed", "5", "--out", out],
+    outcome = refused_before_work(["train", *h().TINY, "--train-steps", "1", "--seed", "5", "--out", out],
                                   "earlier run", out)
     kept = (out / "samples.png").read_bytes() == b"an earlier run's grid"
     return outcome if kept and (out / "train_log.json").read_text() == '{"earlier": true}' else LOSS
@@ -585,7 +585,7 @@ def probes():
         t("C02", "sample --seed 99999999999999999999", lambda d: cli_error(
             [*SAMPLE, "--seed", "99999999999999999999", "--out", d / "s.png"], "--seed"), CLEAR),
         t("C03", "sample --n 100000000", lambda d: cli_error(
-            [*SAMPLE, "--n", "100000000", "--steps", "1", "--out", d / "s.png"], "--n"), CLEAR),
+            [*SAMPLE, "--n", "100000000", "--ddim-steps", "1", "--out", d / "s.png"], "--n"), CLEAR),
         t("C04", "sample --checkpoint a directory", lambda d: cli_error(
             ["sample", "--checkpoint", ROOT / "data/checkpoints", "--device", "cpu", "--out",
              d / "s.png"], "--checkpoint"), CLEAR),
@@ -593,9 +593,9 @@ def probes():
             ["explain", "--image-index", "0", "--target", "²", "--device", "cpu", "--out",
              d / "e.png"], "--target"), CLEAR),
         t("C11", "explain --scale inf", lambda d: cli_error(
-            ["explain", "--image-index", "0", "--target", "1", "--scale", "inf", "--steps", "2",
+            ["explain", "--image-index", "0", "--target", "1", "--scale", "inf", "--ddim-steps", "2",
              "--t-star", "20", "--device", "cpu", "--out", d / "e.png"], "--scale"), CLEAR),
-        t("C14", "demo --sample-steps 2000 on a T = 1000 model", demo_steps_above_t, CLEAR),
+        t("C14", "demo --ddim-steps 2000 on a T = 1000 model", demo_steps_above_t, CLEAR),
         t("D09", "predict torchvision-Normalize'd images", predict(normalized, "[-1, 1]"), CLEAR),
         t("D10", "predict x * 2 - 1 of [-1, 1] images", predict(
             lambda: test_images() * 2 - 1, "[-1, 1]"), CLEAR),
@@ -653,7 +653,7 @@ def probes():
         t("H02", "a full disk inside torch.save", full_disk_in_save, CLEAR),
         t("H04", "no room to unpack Fashion-MNIST", full_disk_in_cache, CLEAR),
         t("K00", "evaluate counterfactual --n 1", lambda d: cli_error(
-            ["evaluate", "counterfactual", "--n", "1", "--t-star", "10", "--steps", "1",
+            ["evaluate", "counterfactual", "--n", "1", "--t-star", "10", "--ddim-steps", "1",
              "--json", d / "k.json"], "--n"), CLEAR),
         t("K01", "evaluate --json a shipped manifest", evaluate_over_manifest, CLEAR),
         t("K02", "course grade --json a directory", grade_json_directory, CLEAR),

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLEAR, HANDLED, SILENT, LOSS, RAW = ("clear error", "handled", "silent wrong", "data loss",
                                      "raw traceback")
 TINY = ["--config", "tiny", "--limit", "64", "--timesteps", "50", "--batch-size", "16",
-        "--samples", "4", "--sample-steps", "2", "--device", "cpu", "--no-progress",
+        "--samples", "4", "--ddim-steps", "2", "--device", "cpu", "--no-progress",
         "--test-limit", "64", "--log-every", "1"]
 
 
@@ -133,7 +133,7 @@ def export_over(tmp: Path, extra: list[str], victim: str = "joint-fmnist-small")
     with sandbox(tmp) as data:
         shipped = data / "checkpoints" / f"{victim}.pt"
         before = shipped.read_bytes() if shipped.exists() else None
-        outcome = cli_error(["train", *TINY, "--steps", "2", "--out", tmp / "run", *extra],
+        outcome = cli_error(["train", *TINY, "--train-steps", "2", "--out", tmp / "run", *extra],
                             "export")
         after = shipped.read_bytes() if shipped.exists() else None
         if before is not None and after != before:
@@ -144,7 +144,7 @@ def export_over(tmp: Path, extra: list[str], victim: str = "joint-fmnist-small")
 
 def export_new_name(tmp: Path) -> str:
     with sandbox(tmp) as data:
-        status, err = cli(["train", *TINY, "--steps", "2", "--out", tmp / "run",
+        status, err = cli(["train", *TINY, "--train-steps", "2", "--out", tmp / "run",
                            "--export", "ddpm-new"])
         if status is None:
             return RAW
@@ -158,7 +158,7 @@ def export_new_name(tmp: Path) -> str:
 def sigint_cli(tmp: Path) -> str:
     """Ctrl-C a real `python -m jdm train`: it must save, say how to resume, and resume."""
     out = tmp / "run"
-    cmd = [sys.executable, "-m", "jdm", "train", *TINY, "--steps", "100000",
+    cmd = [sys.executable, "-m", "jdm", "train", *TINY, "--train-steps", "100000",
            "--checkpoint-every", "0", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -199,7 +199,7 @@ def sigterm_trainer(tmp: Path) -> str:
 
 
 def resume_nothing(tmp: Path) -> str:
-    status, err = cli(["train", *TINY, "--steps", "1", "--out", tmp / "run", "--resume"])
+    status, err = cli(["train", *TINY, "--train-steps", "1", "--out", tmp / "run", "--resume"])
     return HANDLED if status == 0 and "starting a fresh run" in err else SILENT
 
 
@@ -221,7 +221,7 @@ def lock_live(tmp: Path) -> str:
     out = tmp / "run"
     out.mkdir()
     (out / ".lock").write_text(f"{os.getppid()}\n")  # a live process that is not this one
-    return cli_error(["train", *TINY, "--steps", "1", "--out", out], "in use by process")
+    return cli_error(["train", *TINY, "--train-steps", "1", "--out", out], "in use by process")
 
 
 def lock_stale(tmp: Path) -> str:
@@ -230,7 +230,7 @@ def lock_stale(tmp: Path) -> str:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / ".lock").write_text(f"{dead.pid}\n")
-    status, _ = cli(["train", *TINY, "--steps", "1", "--out", out])
+    status, _ = cli(["train", *TINY, "--train-steps", "1", "--out", out])
     return HANDLED if status == 0 and not (out / ".lock").exists() else RAW
 
 
@@ -294,14 +294,14 @@ def nan_checkpoint(tmp: Path, command: str) -> str:
 
 def nan_sample_cli(tmp: Path) -> str:
     run = tmp / "run"
-    status, _ = cli(["train", *TINY, "--steps", "1", "--out", run])
+    status, _ = cli(["train", *TINY, "--train-steps", "1", "--out", run])
     ckpt = torch.load(run / "last.pt", weights_only=True)
     for v in ckpt["ema"].values():
         if v.is_floating_point():
             v.fill_(float("nan"))
     ckpt.pop("checksum", None)
     torch.save(ckpt, run / "last.pt")
-    return cli_error(["sample", "--checkpoint", run / "last.pt", "--n", "2", "--steps", "2",
+    return cli_error(["sample", "--checkpoint", run / "last.pt", "--n", "2", "--ddim-steps", "2",
                       "--device", "cpu", "--no-progress", "--out", tmp / "s.png"], "NaN")
 
 
@@ -329,8 +329,8 @@ def exploding_checkpoint(tmp: Path) -> str:
 # ------------------------------------------------------------------------------ 8: resume settings
 def resume_other_limit(tmp: Path) -> str:
     run = tmp / "run"
-    cli(["train", *TINY, "--steps", "1", "--out", run])
-    argv = ["train", *TINY, "--steps", "2", "--out", run, "--resume"]
+    cli(["train", *TINY, "--train-steps", "1", "--out", run])
+    argv = ["train", *TINY, "--train-steps", "2", "--out", run, "--resume"]
     argv[argv.index("--limit") + 1] = "48"
     return cli_error(argv, "other data")
 
@@ -345,21 +345,21 @@ def resume_other_data(tmp: Path) -> str:
 # ------------------------------------------------------------------------------ 9: reports
 def sample_too_many_steps(tmp: Path) -> str:
     run = tmp / "run"
-    cli(["train", *TINY, "--steps", "1", "--out", run])
-    return cli_error(["sample", "--checkpoint", run / "last.pt", "--steps", "1000", "--n", "2",
+    cli(["train", *TINY, "--train-steps", "1", "--out", run])
+    return cli_error(["sample", "--checkpoint", run / "last.pt", "--ddim-steps", "1000", "--n", "2",
                       "--device", "cpu", "--no-progress", "--out", tmp / "s.png"], "T = 50")
 
 
 # ------------------------------------------------------------------------------ 10: CLI paths
 def readonly_out(tmp: Path) -> str:
-    return cli_error(["train", *TINY, "--steps", "1", "--out", "/proc/jdm-run"], "cannot write")
+    return cli_error(["train", *TINY, "--train-steps", "1", "--out", "/proc/jdm-run"], "cannot write")
 
 
 def full_disk(tmp: Path) -> str:
     real = shutil.disk_usage
     shutil.disk_usage = lambda path: real(path)._replace(free=1000)
     try:
-        return cli_error(["train", *TINY, "--steps", "1", "--out", tmp / "run"], "MiB free")
+        return cli_error(["train", *TINY, "--train-steps", "1", "--out", tmp / "run"], "MiB free")
     finally:
         shutil.disk_usage = real
 
@@ -367,7 +367,7 @@ def full_disk(tmp: Path) -> str:
 def missing_parent(tmp: Path) -> str:
     out = tmp / "a" / "b" / "grid.png"
     status, _ = cli(["sample", "--checkpoint", ROOT / "data/checkpoints/ddpm-fmnist-small.pt",
-                     "--n", "1", "--steps", "1", "--device", "cpu", "--no-progress", "--out", out])
+                     "--n", "1", "--ddim-steps", "1", "--device", "cpu", "--no-progress", "--out", out])
     return HANDLED if status == 0 and out.is_file() else RAW
 
 
@@ -388,7 +388,7 @@ def manifest_without_sha(tmp: Path) -> str:
 def sample_weights_file(tmp: Path) -> str:
     out = tmp / "s.png"
     status, err = cli(["sample", "--checkpoint", ROOT / "data/checkpoints/ddpm-fmnist-small.pt",
-                       "--n", "2", "--steps", "2", "--device", "cpu", "--no-progress",
+                       "--n", "2", "--ddim-steps", "2", "--device", "cpu", "--no-progress",
                        "--out", out])
     return HANDLED if status == 0 and out.is_file() else (RAW if status is None else SILENT)
 
@@ -514,9 +514,9 @@ PROBES = [
     Probe(9, "explain --out without an extension", lambda t: cli_error(
         ["explain", "--image-index", "0", "--target", "1", *BOOT[:2], "--out", t / "noext"],
         "extension")),
-    Probe(9, "sample --steps 1000 on a T = 50 model", sample_too_many_steps),
+    Probe(9, "sample --ddim-steps 1000 on a T = 50 model", sample_too_many_steps),
     Probe(10, "train --out an existing file", lambda t: cli_error(
-        ["train", *TINY, "--steps", "1", "--out", Path(shutil.copy(__file__, t / "f"))], "existing file")),
+        ["train", *TINY, "--train-steps", "1", "--out", Path(shutil.copy(__file__, t / "f"))], "existing file")),
     Probe(10, "train --out on a read-only filesystem", readonly_out),
     Probe(10, "train --out on a full filesystem", full_disk),
     Probe(10, "sample --out with missing parent folders", missing_parent, HANDLED),

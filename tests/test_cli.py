@@ -13,7 +13,7 @@ from jdm.__main__ import build_parser, main
 from jdm.train import read_checkpoint
 
 QUICK = ["--config", "tiny", "--limit", "64", "--timesteps", "50", "--batch-size", "16",
-         "--samples", "4", "--sample-steps", "2", "--device", "cpu", "--no-progress",
+         "--samples", "4", "--ddim-steps", "2", "--device", "cpu", "--no-progress",
          "--test-limit", "64"]
 
 
@@ -52,7 +52,7 @@ def test_every_flag_is_explained():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", *QUICK, "--steps", "3", "--checkpoint-every", "2", "--out", str(out)]) == 0
+    assert main(["train", *QUICK, "--train-steps", "3", "--checkpoint-every", "2", "--out", str(out)]) == 0
     return out
 
 
@@ -70,7 +70,7 @@ def test_generative_metrics_after_training(trained, tmp_path):
     log = json.loads((trained / "train_log.json").read_text())
     assert 0 < log["test_metrics"]["test_loss"] < 3  # held-out L_simple, always measured
     out = tmp_path / "fd"
-    assert main(["train", *QUICK, "--steps", "1", "--fd-samples", "8", "--out", str(out)]) == 0
+    assert main(["train", *QUICK, "--train-steps", "1", "--fd-samples", "8", "--out", str(out)]) == 0
     metrics = json.loads((out / "train_log.json").read_text())["test_metrics"]
     assert metrics["fd_samples"] == 8 and metrics["fd_evaluator"] > 0
     assert 0 <= metrics["precision"] <= 1 and 0 <= metrics["recall"] <= 1
@@ -78,19 +78,19 @@ def test_generative_metrics_after_training(trained, tmp_path):
 
 def test_sample_from_checkpoint(trained, capsys):
     out = trained / "grid.png"
-    assert main(["sample", "--checkpoint", str(trained / "last.pt"), "--n", "6", "--steps", "2",
+    assert main(["sample", "--checkpoint", str(trained / "last.pt"), "--n", "6", "--ddim-steps", "2",
                  "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
     assert Image.open(out).size == grid_size(6, nrow=3)
     assert "wrote" in capsys.readouterr().out
 
 
 def test_train_refuses_to_overwrite_and_resumes(trained, capsys):
-    assert main(["train", *QUICK, "--steps", "4", "--out", str(trained)]) == 2
+    assert main(["train", *QUICK, "--train-steps", "4", "--out", str(trained)]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["train", *QUICK, "--steps", "4", "--out", str(trained), "--resume"]) == 0
+    assert main(["train", *QUICK, "--train-steps", "4", "--out", str(trained), "--resume"]) == 0
     assert read_checkpoint(trained / "last.pt")["step"] == 4
     # resuming with another architecture is refused, naming both
-    assert main(["train", *QUICK, "--steps", "5", "--timesteps", "60", "--out", str(trained),
+    assert main(["train", *QUICK, "--train-steps", "5", "--timesteps", "60", "--out", str(trained),
                  "--resume"]) == 2
     assert "different model" in capsys.readouterr().err
 
@@ -98,7 +98,7 @@ def test_train_refuses_to_overwrite_and_resumes(trained, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["train"], "--out"),                                           # required flag missing
     (["train", "--config", "huge", "--out", "x"], "invalid choice"),
-    (["train", "--steps", "0", "--out", "x"], "positive integer"),
+    (["train", "--train-steps", "0", "--out", "x"], "positive integer"),
     (["sample", "--checkpoint", "x.pt"], "--out"),
     ([], "COMMAND"),
 ])
@@ -114,7 +114,7 @@ def test_bad_arguments_exit_nonzero(argv, message, capsys):
     (["train", *QUICK, "--lr", "0", "--out", "{tmp}/b"], "lr must be > 0"),
     (["train", *QUICK, "--limit", "10", "--out", "{tmp}/c"], "larger than the dataset"),
     (["sample", "--checkpoint", "{tmp}/missing.pt", "--out", "{tmp}/s.png"], "no checkpoint at"),
-    (["sample", "--checkpoint", "{tmp}/m.pt", "--method", "ddpm", "--steps", "5",
+    (["sample", "--checkpoint", "{tmp}/m.pt", "--method", "ddpm", "--ddim-steps", "5",
       "--out", "{tmp}/s.png"], "only apply to --method ddim"),
 ])
 def test_bad_values_give_a_message(argv, message, tmp_path, capsys):
@@ -125,7 +125,7 @@ def test_bad_values_give_a_message(argv, message, tmp_path, capsys):
 
 def test_demo_classifies_generates_and_explains_with_the_shipped_joint_model(tmp_path, capsys):
     out = tmp_path / "demo.png"
-    assert main(["demo", "--test-images", "40", "--samples-per-class", "1", "--sample-steps", "2",
+    assert main(["demo", "--test-images", "40", "--samples-per-class", "1", "--ddim-steps", "2",
                  "--counterfactuals", "2", "--device", "cpu", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     accuracy = float(printed.split("test accuracy ")[1].split()[0])
@@ -140,7 +140,7 @@ def test_demo_classifies_generates_and_explains_with_the_shipped_joint_model(tmp
 def test_sample_from_a_shipped_weights_file(tmp_path, capsys):
     out = tmp_path / "s.png"
     assert main(["sample", "--checkpoint", "data/checkpoints/ddpm-fmnist-small.pt", "--n", "2",
-                 "--steps", "2", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
+                 "--ddim-steps", "2", "--device", "cpu", "--no-progress", "--out", str(out)]) == 0
     assert out.is_file() and "2 steps" in capsys.readouterr().out
 
 

@@ -193,14 +193,14 @@ def test_gallery(images, tmp_path):
 def test_explain_cli(tmp_path, capsys):
     """The shipped joint model explains two test images; the gallery PNG is written."""
     out = tmp_path / "explain.png"
-    assert main(["explain", "--image-index", "0", "1", "--target", "sneaker", "--steps", "3",
+    assert main(["explain", "--image-index", "0", "1", "--target", "sneaker", "--ddim-steps", "3",
                  "--t-star", "100", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert out.stat().st_size > 0 and "test image 1" in text and "flipped to the target" in text
     assert main(["explain", "--image-index", "0", "--target", "hat", "--out", str(out)]) == 2
     assert "unknown class" in capsys.readouterr().err
     # the route and the pull towards the original are flags, checked like the API's arguments
-    assert main(["explain", "--image-index", "0", "--target", "0", "--steps", "2", "--t-star", "50",
+    assert main(["explain", "--image-index", "0", "--target", "0", "--ddim-steps", "2", "--t-star", "50",
                  "--start", "noise", "--keep", "0.3", "--out", str(out)]) == 0
     assert "start noise, keep 0.3" in capsys.readouterr().out
     assert main(["explain", "--image-index", "0", "--target", "0", "--keep", "2",
@@ -212,7 +212,7 @@ def test_explain_cli(tmp_path, capsys):
 
 def test_evaluate_cli(tmp_path, capsys):
     out = tmp_path / "cf.json"
-    assert main(["evaluate", "counterfactual", "--n", "4", "--t-star", "50", "100", "--steps", "2",
+    assert main(["evaluate", "counterfactual", "--n", "4", "--t-star", "50", "100", "--ddim-steps", "2",
                  "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [r["t_star"] for r in report["results"]] == [50, 100]

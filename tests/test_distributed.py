@@ -20,7 +20,7 @@ STEPS = 10  # of the reference runs; the interrupted one stops long before (afte
 # tiny UNet's 0: dropout masks are drawn per rank (jdm.distributed)
 TRAIN = ["-m", "jdm", "train", "--model", "joint", "--noise-aware", "--augment", "--config", "tiny",
          "--limit", "64", "--timesteps", "50", "--batch-size", "16", "--head-dropout", "0",
-         "--lr", "1e-3", "--log-every", "1", "--samples", "2", "--sample-steps", "1",
+         "--lr", "1e-3", "--log-every", "1", "--samples", "2", "--ddim-steps", "1",
          "--test-limit", "16", "--no-progress", "--device", "cpu"]
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -38,7 +38,7 @@ def torchrun(nproc: int) -> list[str]:
 
 def train(out: Path, steps: int, nproc: int, *extra: str) -> subprocess.CompletedProcess:
     launcher = [sys.executable] if nproc == 1 else torchrun(nproc)  # 1: no torchrun at all
-    proc = subprocess.run([*launcher, *TRAIN, "--steps", str(steps), "--out", str(out), *extra],
+    proc = subprocess.run([*launcher, *TRAIN, "--train-steps", str(steps), "--out", str(out), *extra],
                           cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -48,7 +48,7 @@ class Running:
     """A 2-rank ``torchrun`` training run in the background, its output collected line by line."""
 
     def __init__(self, out: Path, *extra: str) -> None:
-        self.proc = subprocess.Popen([*torchrun(2), *TRAIN, "--steps", "100000", "--out", str(out),
+        self.proc = subprocess.Popen([*torchrun(2), *TRAIN, "--train-steps", "100000", "--out", str(out),
                                       *extra], cwd=ROOT, env=env(), stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []

@@ -66,7 +66,7 @@ def test_cli_trains_and_exports_an_evaluator(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pretrained, "checkpoint_dir", lambda: tmp_path / "checkpoints")
     with pytest.raises(FileNotFoundError, match="python -m jdm train --model evaluator"):
         load_evaluator()
-    assert main(["train", "--model", "evaluator", "--limit", "256", "--steps", "4",
+    assert main(["train", "--model", "evaluator", "--limit", "256", "--train-steps", "4",
                  "--batch-size", "32", "--lr", "1e-3", "--test-limit", "100", "--device", "cpu",
                  "--no-progress", "--out", str(tmp_path / "run"), "--export", EVALUATOR_NAME]) == 0
     assert "test_accuracy" in capsys.readouterr().out

@@ -58,7 +58,7 @@ def test_dry_run_trains_the_trio_alike_and_exports_it(dry_run):
                    if v.is_floating_point())
         assert model_from_weights(blob, path).kind == blob["spec"]["kind"]  # loads as shipped
         unets.add(json.dumps(blob["spec"]["unet"], sort_keys=True))
-        assert "--steps 3" in manifest["command"] and "--resume" in manifest["command"]
+        assert "--train-steps 3" in manifest["command"] and "--resume" in manifest["command"]
         # trained on 2 gloo ranks, the loss compiled whole (issue 28)
         assert manifest["command"].startswith("torchrun --nproc_per_node=2 -m jdm train")
         assert "--compile aot_eager" in manifest["command"]

@@ -221,8 +221,8 @@ def test_tiny_training_lowers_both_loss_parts(data, tmp_path):
 
 def test_cli_trains_a_joint_model(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--model", "joint", "--config", "tiny", "--limit", "256", "--steps", "3",
-                 "--timesteps", "50", "--batch-size", "32", "--samples", "4", "--sample-steps",
+    assert main(["train", "--model", "joint", "--config", "tiny", "--limit", "256", "--train-steps", "3",
+                 "--timesteps", "50", "--batch-size", "32", "--samples", "4", "--ddim-steps",
                  "2", "--test-limit", "200", "--noise-aware", "--alpha", "0.5", "--device", "cpu",
                  "--no-progress", "--out", str(out)]) == 0
     ckpt = read_checkpoint(out / "last.pt")

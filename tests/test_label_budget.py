@@ -128,8 +128,8 @@ def test_the_classifier_baseline_skips_unlabelled_images():
 
 
 QUICK = ["--config", "tiny", "--limit", "200", "--timesteps", "50", "--batch-size", "8",
-         "--samples", "4", "--sample-steps", "2", "--device", "cpu", "--no-progress",
-         "--test-limit", "64", "--steps", "2"]
+         "--samples", "4", "--ddim-steps", "2", "--device", "cpu", "--no-progress",
+         "--test-limit", "64", "--train-steps", "2"]
 
 
 @pytest.mark.parametrize("model", ["joint", "classifier"])
@@ -178,7 +178,7 @@ def _recipe(command: str) -> list[str]:
     for a in argv:
         if skip:
             skip -= 1
-        elif a in ("--model", "--out", "--export", "--samples", "--sample-steps"):
+        elif a in ("--model", "--out", "--export", "--samples", "--sample-steps"):  # as recorded
             skip = 1
         elif a != "--force":
             out.append(a)
