@@ -571,15 +571,14 @@ def run_demo(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")  # a file, never a window
     from tqdm.auto import tqdm
 
-    from .counterfactual import counterfactual, counterfactual_guidance
+    from .counterfactual import counterfactual
     from .data import CLASS_NAMES, load_tensors
     from .evaluator import load_evaluator
     from .joint import JointDiffusion
     from .metrics import accuracy
     from .pretrained import load_pretrained, resolve_name
-    from .sampling import Guidance
-    from .utils import eval_mode
-    from .viz import demo_figure
+    from .sampling import Guidance, eval_mode
+    from .viz import ClassifyPanel, ExplainPanel, GeneratePanel, demo_figure
 
     check_out(args.out, "image")
     start = time.perf_counter()
@@ -606,28 +605,28 @@ def run_demo(args: argparse.Namespace) -> int:
     # 2. generate on request: the default guidance, one row per class
     guidance = Guidance().resolve()
     wanted = torch.arange(model.num_classes).repeat_interleave(args.samples_per_class)
-    samples = model.sample(len(wanted), labels=wanted, steps=args.sample_steps,
+    samples = model.sample(len(wanted), target=wanted, steps=args.sample_steps,
                            generator=torch.Generator().manual_seed(args.seed)).cpu()
 
     # 3. explain: the first few test images towards the class the model ranks second
     k = min(args.counterfactuals, n)
     x, runner_up = images[:k], logits[:k].topk(2, dim=1).indices[:, 1]
-    x_cf = counterfactual(model, x, runner_up.to(device),
-                          generator=torch.Generator().manual_seed(args.seed)).cpu()
-    cf_guidance = counterfactual_guidance(None, model.noise_aware)
+    cf = counterfactual(model, x, runner_up.to(device),
+                        generator=torch.Generator().manual_seed(args.seed))
+    x_cf, cf_guidance = cf.images.cpu(), cf.guidance
     # judged by the independent evaluator CNN, never by the head the guidance optimised
     flipped = (load_evaluator(device).predict(x_cf) == runner_up).sum().item()
 
     shown = min(12, n)
     probs = logits[:shown].softmax(1)
-    demo_figure(images[:shown], labels[:shown], probs.argmax(1), probs.max(1).values, samples, wanted,
-                x, x_cf, [f"{names[a]} → {names[b]}" for a, b in zip(labels[:k].tolist(),
-                                                                    runner_up.tolist())],
-                names, accuracy_text=f"test accuracy {acc:.3f} on {n:,} images",
-                sampler_text=f"{_sampler_name(guidance)}, DDIM-{args.sample_steps}",
-                cf_text=f"towards the runner-up class by {_sampler_name(cf_guidance)};\nthe "
-                        f"independent evaluator CNN says the target for {flipped} of {k}",
-                path=args.out)
+    demo_figure(ClassifyPanel(images[:shown], labels[:shown], probs.argmax(1), probs.max(1).values,
+                              f"test accuracy {acc:.3f} on {n:,} images"),
+                GeneratePanel(samples, wanted, f"{_sampler_name(guidance)}, DDIM-{args.sample_steps}"),
+                ExplainPanel(x, x_cf, [f"{names[a]} → {names[b]}" for a, b in
+                                       zip(labels[:k].tolist(), runner_up.tolist())],
+                             f"towards the runner-up class by {_sampler_name(cf_guidance)};\nthe "
+                             f"independent evaluator CNN says the target for {flipped} of {k}"),
+                names, path=args.out)
     print(f"wrote {args.out}: {n:,} test images classified, {len(wanted)} conditional samples "
           f"({_sampler_name(guidance)}, DDIM-{args.sample_steps}), {k} counterfactuals by "
           f"{_sampler_name(cf_guidance)} ({flipped} "
@@ -743,7 +742,7 @@ def run_explain(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .counterfactual import auto_t_star, counterfactual, counterfactual_guidance
+    from .counterfactual import CounterfactualSettings, counterfactual
     from .data import CLASS_NAMES, load_tensors
     from .evaluator import load_evaluator
     from .joint import JointDiffusion
@@ -768,13 +767,11 @@ def run_explain(args: argparse.Namespace) -> int:
         raise ValueError(f"--image-index must be below {images.shape[0]}, got {bad}")
     index = torch.tensor(args.image_index)
     x, y = images[index], labels[index]
-    guidance = _guidance(args)
-    # resolved once here, so the printout can say each image's t*
-    t_stars = (auto_t_star(model, x.to(device), torch.tensor(targets, device=device)).cpu()
-               if args.t_star == "auto" else torch.full((len(targets),), args.t_star))
-    x_cf = counterfactual(model, x, torch.tensor(targets), t_star=t_stars, guidance=guidance,
-                          start=args.start, keep=args.keep, min_change=args.min_change,
-                          steps=args.steps, generator=torch.Generator().manual_seed(args.seed)).cpu()
+    settings = CounterfactualSettings(t_star=args.t_star, start=args.start, keep=args.keep,
+                                      min_change=args.min_change, steps=args.steps)
+    cf = counterfactual(model, x, torch.tensor(targets), settings, _guidance(args),
+                        generator=torch.Generator().manual_seed(args.seed))
+    x_cf, t_stars = cf.images.cpu(), cf.t_star
     evaluator = load_evaluator(device)
     before, after = evaluator.predict(x).tolist(), evaluator.predict(x_cf).tolist()
     short = [n.split("/")[0] for n in names]
@@ -788,8 +785,7 @@ def run_explain(args: argparse.Namespace) -> int:
     flips = sum(b == t for b, t in zip(after, targets))
     print(f"wrote {args.out}: {flips}/{len(targets)} flipped to the target, mean |Δ| "
           f"{image_distances(x, x_cf)['l1']:.3f} (t* = {args.t_star}, start {args.start}, "
-          f"keep {args.keep:g}, min change {args.min_change:g}, "
-          f"{counterfactual_guidance(guidance, model.noise_aware, args.start)})")
+          f"keep {args.keep:g}, min change {args.min_change:g}, {cf.guidance})")
     return 0
 
 
@@ -837,17 +833,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     guidance = _guidance(args)
     evaluator = load_evaluator(device)
     test_x, test_y = load_tensors("fashion_mnist", train=False)
-    sampler = dict(guidance=guidance, steps=args.steps, seed=args.seed, batch_size=args.batch_size)
     rows = []
     if args.what == "conditional":
         res = evaluate_conditional(model, evaluator, test_x, test_y, per_class=args.per_class,
-                                   **sampler)
+                                   guidance=guidance, steps=args.steps, seed=args.seed,
+                                   batch_size=args.batch_size)
         rows.append({"guidance": str(guidance.resolve()),
                      **{k: v for k, v in res.items() if k not in ("samples", "labels")}})
     else:
         if args.n > test_x.shape[0]:
             raise ValueError(f"--n must be at most {test_x.shape[0]}, got {args.n}")
-        from .counterfactual import DEFAULT_T_STAR, counterfactual_guidance
+        from .counterfactual import DEFAULT_T_STAR, CounterfactualSettings
 
         if args.targets == "runner-up":
             targets = runner_up_targets(model, test_x[:args.n])
@@ -855,17 +851,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
             targets = other_class_targets(test_y[:args.n], model.num_classes,
                                           torch.Generator().manual_seed(args.seed))
         for t_star in args.t_star or [DEFAULT_T_STAR]:
+            settings = CounterfactualSettings(t_star=t_star, start=args.start, keep=args.keep,
+                                              min_change=args.min_change, steps=args.steps)
             res = evaluate_counterfactuals(model, evaluator, test_x[:args.n], test_y[:args.n],
-                                           targets, test_x, test_y, t_star=t_star,
-                                           start=args.start, keep=args.keep,
-                                           min_change=args.min_change,
-                                           exclude=torch.arange(args.n), **sampler)
+                                           targets, test_x, test_y, settings=settings,
+                                           guidance=guidance, seed=args.seed,
+                                           batch_size=args.batch_size,
+                                           exclude=torch.arange(args.n))
             rows.append({"t_star": t_star, "targets": args.targets, "start": args.start,
                          "keep": args.keep, "min_change": args.min_change,
-                         "guidance": str(counterfactual_guidance(guidance, model.noise_aware,
-                                                                 args.start)),
-                         **{k: v for k, v in res.items()
-                            if k not in ("counterfactuals", "predictions")}})
+                         "guidance": str(res["guidance"]),
+                         **{k: v for k, v in res.items() if k not in (
+                             "counterfactuals", "predictions", "settings", "t_star", "guidance")}})
     report = {"what": args.what, "model": args.model, "command": "python -m jdm " +
               shlex.join(args.argv), "hardware": hardware_string(device), "results": rows}
     for row in rows:

@@ -25,8 +25,8 @@ from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, take_rows
 from .inputs import check_images, check_int
 from .joint import augment_images
+from .sampling import eval_mode
 from .unet import UNet, UNetConfig
-from .utils import eval_mode
 
 __all__ = ["EncoderClassifier"]
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .diffusion import MODEL_KINDS
 from .inputs import check_images, check_int
-from .utils import eval_mode
+from .sampling import eval_mode
 
 __all__ = ["EvaluatorNet", "train_evaluator", "load_evaluator", "EVALUATOR_NAME"]
 

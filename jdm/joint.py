@@ -47,10 +47,9 @@ from torch import Tensor
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
 from .inputs import check_images, check_int, check_timesteps
-from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
+from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, eval_mode, guided_eps
 from .schedule import NoiseSchedule, values_checkable
 from .unet import UNet
-from .utils import eval_mode
 
 __all__ = ["JointDiffusion", "augment_images", "DEFAULT_ALPHA"]
 
@@ -274,30 +273,29 @@ class JointDiffusion(DiffusionModel):
         decoder). x: (N, C, H, W), t: (N,) long → (N, num_classes)."""
         return self.head(self.unet.encode(x, t))
 
-    def sample(self, n: int, *, labels: Tensor | int | None = None,
+    def sample(self, n: int, *, target: Tensor | int | None = None,
                guidance: Guidance | str | None = None, method: str = "ddim",
                steps: int | None = None, eta: float | None = None,
                generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
-        """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
+        """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``target``, of those classes.
 
         Args:
-            labels: None samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
-                tensor of class indices samples conditionally (``jdm.counterfactual`` calls the
-                same thing ``target``).
+            target: None samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
+                tensor of class indices samples conditionally.
             guidance: how to steer (a ``jdm.Guidance``, a kind name, or None for the defaults:
-                ``jdm.sampling.DEFAULT_GUIDANCE``); only used with ``labels``.
+                ``jdm.sampling.DEFAULT_GUIDANCE``); only used with ``target``.
             method, steps: ``"ddim"`` with ``steps`` steps (None: ``DEFAULT_DDIM_STEPS``) or
                 ancestral ``"ddpm"`` over every step.
-            eta: DDIM noise; None means the method's default: 0 without labels, ``guidance.eta``
-                with them.
+            eta: DDIM noise; None means the method's default: 0 without a target,
+                ``guidance.eta`` with one.
             generator: makes the draw reproducible.
         """
         self.check_sampling(n, steps, generator)
-        if labels is None:
+        if target is None:
             eps_fn, default_eta = self.unet, 0.0
         else:
             g = Guidance.of(guidance)
-            eps_fn = guided_eps(self, labels, n, g)
+            eps_fn = guided_eps(self, target, n, g)
             default_eta = DEFAULT_CONDITIONAL_ETA if g.eta is None else g.eta
         return self.run_sampler(eps_fn, n, method=method, steps=steps,
                                 eta=default_eta if eta is None else eta, generator=generator,

@@ -101,7 +101,7 @@ def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
     0.03 against these labels (chance: 0.1; a sign error gives less). Full-size figures:
     docs/samplers.md and notebook 06."""
     labels = torch.arange(10).repeat(3)
-    x = joint.sample(30, labels=labels, guidance=guidance, steps=10,
+    x = joint.sample(30, target=labels, guidance=guidance, steps=10,
                      generator=torch.Generator().manual_seed(0), progress=False)
     assert (load_evaluator().predict(x) == labels).float().mean() >= minimum
 
@@ -115,7 +115,7 @@ def test_the_paper_sampler_sign_moves_the_images_towards_the_target(explained):
     labels = torch.arange(10).repeat(2)
     agreement = {}
     for direction in ("descent", "ascent"):
-        x = explained.sample(20, labels=labels, steps=10, progress=False,
+        x = explained.sample(20, target=labels, steps=10, progress=False,
                              guidance=jdm.Guidance("representation", direction=direction),
                              generator=torch.Generator().manual_seed(0))
         agreement[direction] = (load_evaluator().predict(x) == labels).float().mean().item()
