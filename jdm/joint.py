@@ -54,30 +54,8 @@ from .unet import UNet
 __all__ = ["JointDiffusion", "augment_images", "DEFAULT_ALPHA"]
 
 DEFAULT_ALPHA = 0.1
-"""Default weight α of the classification loss (the reductions are in the module docstring).
-
-With AdamW the head's own parameters learn at the same speed for any α > 0 (Adam divides each
-gradient by its running scale, and only CE reaches the head), so α really sets how much the
-*shared encoder* is shaped by classification relative to denoising.
-
-Measured on the "tiny" UNet: 1,024 Fashion-MNIST training images, 300 steps of 64, T = 100,
-AdamW lr 1e-3, head dropout 0.1; L_simple with fixed t and noise, and clean accuracy, both on
-the last 1,024 images of the training split (never trained on); raw weights (EMA accuracy in
-brackets); two seeds:
-
-    α        L_simple seed 0 / seed 1      accuracy seed 0 / seed 1
-    0        0.1931 / 0.1981               (head untrained)
-    0.001    0.1942 /   –                  0.68 (0.70) /  –
-    0.1      0.2024 / 0.2085  (+5%)        0.78 (0.78) / 0.76 (0.78)
-    1        0.2469 / 0.2590  (+28-31%)    0.75 (0.79) / 0.74 (0.79)
-    10       0.2892 /   –     (+50%)       0.77 (0.79) /  –
-
-α = 0.1 gets the accuracy of α = 1 and 10 at about a sixth of α = 1's cost in L_simple (a tenth
-of α = 10's); α = 0.001 costs nothing measurable but leaves the classifier ~10 points behind.
-These are short runs of a 71k-parameter UNet, where the two losses compete hardest for capacity:
-re-measure α (e.g. 0.01, 0.1, 1) when training the larger presets, and pass ``alpha=`` /
-``--alpha`` to override.
-"""
+"""Default weight α of the classification loss: the accuracy of α = 1 at a sixth of its cost in
+L_simple on the "tiny" UNet (``docs/defaults.md``; the reductions are in the module docstring)."""
 
 
 def augment_images(x: Tensor, max_shift: int = 2, flip: bool = True,
