@@ -170,8 +170,9 @@ def counterfactual_01(tmp: Path) -> str:
     import jdm
 
     model = h().tiny_joint()
+    settings = jdm.CounterfactualSettings(t_star=10, steps=2)
     return h().api(lambda: jdm.counterfactual(model, (test_images(4) + 1) / 2, target=0,
-                                              t_star=10, steps=2, progress=False), "[0, 1]")
+                                              settings=settings, progress=False), "[0, 1]")
 
 
 def eps_outside_t(tmp: Path) -> str:
