@@ -30,9 +30,9 @@ import torch
 
 import jdm
 from jdm.cli_types import t_star_value
+from jdm.counterfactual import (DEFAULT_COUNTERFACTUAL_STEPS, DEFAULT_MIN_CHANGE, DEFAULT_T_STAR,
+                                STARTS, CounterfactualSettings)
 from jdm.utils import hardware_string
-from jdm.counterfactual import (AUTO_T_STAR, DEFAULT_COUNTERFACTUAL_STEPS, DEFAULT_MIN_CHANGE,
-                                DEFAULT_T_STAR, STARTS, auto_t_star, counterfactual_guidance)
 from jdm.data import load_tensors
 from jdm.evaluate import evaluate_counterfactuals, other_class_targets, runner_up_targets
 from jdm.evaluator import load_evaluator
@@ -82,7 +82,8 @@ def main() -> None:
                    help="index of the first test image (0: the report's images; e.g. 8000 for a "
                         "slice to tune on, away from them)")
     p.add_argument("--auto-rule", type=float, nargs=3, default=None, metavar=("BASE", "PER_NAT", "MOST"),
-                   help="t* auto with this rule instead of AUTO_T_STAR (jdm.counterfactual.auto_t_star)")
+                   help="t* auto with this rule instead of the model's own (its defaults, else "
+                        "jdm.counterfactual.AUTO_T_STAR)")
     p.add_argument("--targets", choices=("runner-up", "random"), default="runner-up")
     p.add_argument("--starts", nargs="+", choices=STARTS, default=list(STARTS))
     p.add_argument("--guidance", nargs="+", choices=GUIDANCE_KINDS, default=["classifier"])
@@ -115,28 +116,28 @@ def main() -> None:
     x, y = test_x[args.first:args.first + args.n], test_y[args.first:args.first + args.n]
     targets = (runner_up_targets(model, x) if args.targets == "runner-up"
                else other_class_targets(y, model.num_classes, torch.Generator().manual_seed(args.seed)))
-    rule = tuple(args.auto_rule) if args.auto_rule else AUTO_T_STAR
+    rule = tuple(args.auto_rule) if args.auto_rule else None   # None: the model's own
     settings = {"model": args.model, "steps": args.steps, "seed": args.seed,
                 "hardware": hardware_string(torch.device("cpu")),
                 "torch": torch.__version__}
     for start, kind, scale, t_star, keep, eta, min_change in itertools.product(
             args.starts, args.guidance, args.scales, args.t_stars, args.keep, args.etas,
             args.min_change):
-        guidance = counterfactual_guidance(jdm.Guidance(kind, scale=scale, eta=eta),
-                                           model.noise_aware, start)
-        per_image = auto_t_star(model, x, targets, rule=rule) if t_star == "auto" else t_star
+        asked = CounterfactualSettings(t_star=t_star, start=start, keep=keep,
+                                       min_change=min_change, steps=args.steps, t_star_rule=rule)
         res = evaluate_counterfactuals(model, evaluator, x, y, targets, test_x, test_y,
-                                       t_star=per_image, guidance=guidance, start=start, keep=keep,
-                                       min_change=min_change, steps=args.steps, seed=args.seed,
+                                       settings=asked, guidance=jdm.Guidance(kind, scale=scale, eta=eta),
+                                       seed=args.seed,
                                        exclude=torch.arange(args.first, args.first + args.n),
                                        progress=False)
+        guidance, used = res["guidance"], res["settings"]   # what the counterfactuals ran with
         name = row_name(args.targets, args.n, start, kind, guidance.scale, t_star, keep, eta,
-                        min_change, rule)
+                        min_change, used.t_star_rule)
         row = {"name": name + (f" | first {args.first}" if args.first else ""),
                "targets": args.targets, "n": args.n, "first": args.first, "start": start, "kind": kind,
                "scale": guidance.scale, "t_star": t_star, "keep": keep, "steps": args.steps,
                "eta": guidance.eta, "min_change": min_change,
-               **({"auto_rule": list(rule)} if t_star == "auto" else {}),
+               **({"auto_rule": list(used.t_star_rule)} if t_star == "auto" else {}),
                **{k: res[k] for k in ("flip_rate", "kept_rate", "l1", "l2", "fd", "t_star_mean",
                                       "seconds")},
                "command": "python benchmarks/bench_counterfactuals.py " + " ".join(sys.argv[1:])}

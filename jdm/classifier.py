@@ -29,9 +29,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-try:
+if __package__:  # inside jdm (or any package it is copied into)
     from .unet import Features
-except ImportError:  # copied next to unet.py, outside the jdm package
+else:  # copied next to unet.py as a top-level module
     from unet import Features
 
 __all__ = ["ClassifierHead", "pool_features"]

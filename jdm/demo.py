@@ -41,7 +41,7 @@ def demo(model_name: str = "jdm-fmnist", *, test_images: int = 2_000, samples_pe
     import matplotlib
 
     matplotlib.use("Agg")  # a file, never a window
-    from .viz import demo_figure
+    from .viz import ClassifyPanel, ExplainPanel, GeneratePanel, demo_figure
 
     start = time.perf_counter()
     device = get_device(device)
@@ -77,14 +77,15 @@ def demo(model_name: str = "jdm-fmnist", *, test_images: int = 2_000, samples_pe
 
     shown = min(12, n)
     probs = logits[:shown].softmax(1)
-    demo_figure(images[:shown], labels[:shown], probs.argmax(1), probs.max(1).values, samples, wanted,
-                x, x_cf, [f"{names[a]} → {names[b]}" for a, b in zip(labels[:k].tolist(),
-                                                                    runner_up.tolist())],
-                names, accuracy_text=f"test accuracy {acc:.3f} on {n:,} images",
-                sampler_text=f"{sampler_name(guidance)}, DDIM-{ddim_steps}",
-                cf_text=f"towards the runner-up class by {sampler_name(made.guidance)};\nthe "
-                        f"independent evaluator CNN says the target for {flipped} of {k}",
-                path=out)
+    demo_figure(
+        ClassifyPanel(images[:shown], labels[:shown], probs.argmax(1), probs.max(1).values,
+                      caption=f"test accuracy {acc:.3f} on {n:,} images"),
+        GeneratePanel(samples, wanted, caption=f"{sampler_name(guidance)}, DDIM-{ddim_steps}"),
+        ExplainPanel(x, x_cf, [f"{names[a]} → {names[b]}" for a, b in zip(labels[:k].tolist(),
+                                                                         runner_up.tolist())],
+                     caption=f"towards the runner-up class by {sampler_name(made.guidance)};\nthe "
+                             f"independent evaluator CNN says the target for {flipped} of {k}"),
+        names, path=out)
     return {"model": resolve_name(model_name), "accuracy": acc, "test_images": n,
             "samples": len(wanted), "sampler": f"{sampler_name(guidance)}, DDIM-{ddim_steps}",
             "counterfactuals": k, "counterfactual_sampler": sampler_name(made.guidance),

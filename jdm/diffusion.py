@@ -13,10 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inputs import check_generator, check_images, check_int, check_timesteps
-from .sampling import sample_loop
+from .sampling import eval_mode, sample_loop
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
-from .utils import eval_mode
 
 __all__ = ["DiffusionModel", "build_model", "take_rows", "MODEL_KINDS"]
 

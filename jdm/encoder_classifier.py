@@ -26,8 +26,8 @@ from .diffusion import MODEL_KINDS, take_rows
 from .inference import INFERENCE_BATCH, batched
 from .inputs import check_images
 from .joint import augment_images
+from .sampling import eval_mode
 from .unet import UNet, UNetConfig
-from .utils import eval_mode
 
 __all__ = ["EncoderClassifier"]
 

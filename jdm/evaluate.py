@@ -8,11 +8,13 @@ the Fréchet distances. Notebooks 06 and 07 and ``python -m jdm evaluate`` call 
     ev = load_evaluator()
     res = evaluate_conditional(model, ev, test_x, test_y, per_class=100, guidance=Guidance("classifier"))
     res["agreement"], res["fd"], res["fd_per_class"]
-    cf = evaluate_counterfactuals(model, ev, x, y, targets, test_x, test_y, t_star=275)
+    cf = evaluate_counterfactuals(model, ev, x, y, targets, test_x, test_y,
+                                  settings=CounterfactualSettings(t_star=275))
+    cf["flip_rate"], cf["l1"], cf["fd"], cf["guidance"]
 
 Both take the sampler as one ``jdm.Guidance`` (or a kind name, or None for the defaults), exactly
-as ``JointDiffusion.sample`` and ``jdm.counterfactual`` do.
-    cf["flip_rate"], cf["l1"], cf["fd"]
+as ``JointDiffusion.sample`` and ``jdm.counterfactual`` do; counterfactuals also take their
+``CounterfactualSettings``.
 """
 from __future__ import annotations
 
@@ -22,13 +24,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .counterfactual import (DEFAULT_MIN_CHANGE, DEFAULT_START, DEFAULT_T_STAR, auto_t_star,
-                             counterfactual)
+from .counterfactual import CounterfactualSettings, counterfactual
 from .inference import batched
 from .metrics import (accuracy, class_agreement, class_balance, expected_calibration_error,
                       frechet_distance, image_distances, per_class_frechet, precision_recall)
-from .sampling import Guidance
-from .utils import eval_mode
+from .sampling import Guidance, eval_mode
 
 __all__ = ["evaluate_conditional", "evaluate_counterfactuals", "runner_up_targets",
            "other_class_targets", "class_matched_indices", "classifier_metrics",
@@ -108,7 +108,7 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
     def draw(part: slice) -> Tensor:
         chunk = labels[part]
-        return model.sample(len(chunk), labels=chunk if conditional else None, guidance=guidance,
+        return model.sample(len(chunk), target=chunk if conditional else None, guidance=guidance,
                             method=method, steps=steps, generator=generator, progress=False)
 
     samples = _batched(draw, len(labels), batch_size, progress, "conditional samples")
@@ -130,60 +130,48 @@ def evaluate_conditional(model, evaluator, real_images: Tensor, real_labels: Ten
 
 def evaluate_counterfactuals(model, evaluator, images: Tensor, labels: Tensor, targets: Tensor,
                              real_images: Tensor, real_labels: Tensor, *,
-                             t_star: int | str | Tensor = DEFAULT_T_STAR,
-                             guidance: Guidance | str | None = None, start: str = DEFAULT_START,
-                             keep: float = 0.0, min_change: float = DEFAULT_MIN_CHANGE,
-                             steps: int | None = None, seed: int = 0, batch_size: int = 250,
-                             exclude: Tensor | None = None, progress: bool = True) -> dict:
+                             settings: CounterfactualSettings | None = None,
+                             guidance: Guidance | str | None = None, seed: int = 0,
+                             batch_size: int = 250, exclude: Tensor | None = None,
+                             progress: bool = True) -> dict:
     """Counterfactuals of ``images`` towards ``targets``, scored by the evaluator.
 
     Args:
         model, evaluator: as in ``evaluate_conditional``.
         images, labels, targets: (N, C, H, W) originals, (N,) their classes, (N,) target classes.
         real_images, real_labels: real images to draw the class-matched comparison set from.
-        t_star, guidance, start, keep, min_change, steps: ``jdm.counterfactual``'s (``t_star`` an
-            int, ``"auto"`` or an (N,) tensor of one per image).
+        settings, guidance: ``jdm.counterfactual``'s (None: the defaults).
+        seed: seeds the generator of the whole run; batch_size: images per counterfactual call.
         exclude: indices into ``real_images`` not to use for the comparison (the originals, when
             they come from the same split).
 
     Returns:
         ``{"flip_rate": evaluator says the target, "kept_rate": evaluator still says the original
         label, "l1": mean |Δ| per pixel, "l2": mean ‖Δ‖₂ per image, "fd": FD of the counterfactuals
-        vs real images of the target classes (class-matched), "t_star_mean": the mean t* the
-        images were taken to, "seconds", "counterfactuals" (N, C, H, W), "predictions": the
-        evaluator's class for each counterfactual (N,)}``.
+        vs real images of the target classes (class-matched), "t_star": (N,) the t* each image
+        was taken to, "t_star_mean", "guidance" and "settings": the resolved ones the
+        counterfactuals ran with, "seconds", "counterfactuals" (N, C, H, W) on the CPU,
+        "predictions": the evaluator's class for each counterfactual (N,)}``.
     """
-    device = next(model.parameters()).device
-    if isinstance(t_star, str) and t_star == "auto":  # resolved here, so t_star_mean can report it
-        t_stars = torch.cat([auto_t_star(model, images[i:i + batch_size].to(device),
-                                         targets[i:i + batch_size].to(device)).cpu()
-                             for i in range(0, len(images), batch_size)])
-    elif isinstance(t_star, Tensor):
-        t_stars = t_star.cpu()
-    else:
-        t_stars = t_star  # an int (counterfactual checks it)
     generator = torch.Generator().manual_seed(seed)
     began = time.perf_counter()
-
-    def explain(part: slice) -> Tensor:
-        return counterfactual(model, images[part], targets[part],
-                              t_star=t_stars[part] if isinstance(t_stars, Tensor) else t_stars,
-                              guidance=guidance, start=start, keep=keep, min_change=min_change,
-                              steps=steps, generator=generator, progress=False)
-
-    label = t_star if isinstance(t_star, (int, str)) else "per image"
-    cfs = _batched(explain, len(images), batch_size, progress, f"counterfactuals t*={label}")
+    parts = [counterfactual(model, images[i:i + batch_size], targets[i:i + batch_size], settings,
+                            guidance, generator=generator, progress=False)
+             for i in tqdm(range(0, len(images), batch_size), desc="counterfactuals",
+                           disable=not progress, leave=False)]
     seconds = time.perf_counter() - began
+    cfs = torch.cat([part.images.cpu() for part in parts])
+    t_stars = torch.cat([part.t_star for part in parts])
     pred = evaluator.predict(cfs).cpu()
-    t_star_mean = (t_stars.float().mean().item() if isinstance(t_stars, Tensor)
-                   else float(t_stars))
     real = class_matched_indices(real_labels, targets, torch.Generator().manual_seed(seed), exclude)
     return {
         "flip_rate": class_agreement(pred, targets),
         "kept_rate": class_agreement(pred, labels),
         **image_distances(images.cpu(), cfs),
         "fd": frechet_distance(evaluator.embed(real_images[real]), evaluator.embed(cfs)),
-        "t_star_mean": t_star_mean, "seconds": seconds, "counterfactuals": cfs, "predictions": pred,
+        "t_star": t_stars, "t_star_mean": t_stars.float().mean().item(),
+        "guidance": parts[0].guidance, "settings": parts[0].settings,
+        "seconds": seconds, "counterfactuals": cfs, "predictions": pred,
     }
 
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from .diffusion import MODEL_KINDS
 from .inference import INFERENCE_BATCH, batched
 from .inputs import check_images
-from .utils import eval_mode
+from .sampling import eval_mode
 
 __all__ = ["EvaluatorNet", "train_evaluator", "load_evaluator", "EVALUATOR_NAME"]
 

@@ -16,17 +16,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .counterfactual import DEFAULT_COUNTERFACTUAL_SCALES, counterfactual, difference_map
+from .counterfactual import (CounterfactualSettings, counterfactual, counterfactual_guidance,
+                             difference_map)
 from .data import CLASS_NAMES
-from .sampling import DEFAULT_SCALES, GUIDANCE_KINDS, Guidance
+from .sampling import GUIDANCE_KINDS, Guidance
 
 EXPLORER_STEPS = 10   # DDIM steps over [0, t*]: a click takes a few seconds on a CPU
 NAMES = [n.split("/")[0] for n in CLASS_NAMES["fashion_mnist"]]
 
 
-def default_scale(kind: str) -> float:
-    """The scale ``jdm.counterfactual`` uses for ``kind`` when none is given (γ or s)."""
-    return DEFAULT_COUNTERFACTUAL_SCALES.get(kind, DEFAULT_SCALES[kind])
+def default_scale(model, kind: str) -> float:
+    """The scale ``jdm.counterfactual`` uses for ``kind`` on ``model`` when none is given (γ or s)."""
+    return counterfactual_guidance(model, kind).scale
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Explanation:
     difference: Tensor
     label: int               # the image's true class
     target: int
+    t_star: int              # the step the image was taken to
     before: int              # the evaluator's class for x …
     after: int               # … and for the counterfactual
     p_target_before: float   # the evaluator's probability of the target, before and after
@@ -52,7 +54,7 @@ class Explanation:
         return (f"evaluator: {names[self.before]} → {names[self.after]}; "
                 f"p({names[self.target]}) {self.p_target_before:.2f} → {self.p_target_after:.2f}; "
                 f"{'flipped to the target' if self.flipped else 'not flipped'}; "
-                f"mean |Δ| {self.mean_abs_change:.3f}")
+                f"t* {self.t_star}, mean |Δ| {self.mean_abs_change:.3f}")
 
 
 def explain(model, evaluator, images: Tensor, labels: Tensor, *, index: int, target: int,
@@ -69,13 +71,15 @@ def explain(model, evaluator, images: Tensor, labels: Tensor, *, index: int, tar
         raise ValueError(f"target must lie in [0, {model.num_classes - 1}], got {target}")
     device = next(model.parameters()).device
     x = images[index:index + 1].to(device)
-    x_cf = counterfactual(model, x, target, t_star=t_star, guidance=Guidance(kind=kind, scale=scale),
-                          steps=steps, generator=torch.Generator(device).manual_seed(seed),
-                          progress=False)
+    cf = counterfactual(model, x, target, CounterfactualSettings(t_star=t_star, steps=steps),
+                        Guidance(kind=kind, scale=scale),
+                        generator=torch.Generator(device).manual_seed(seed), progress=False)
+    x_cf = cf.images
     with torch.no_grad():
         p = torch.softmax(evaluator(torch.cat([x, x_cf]).to(next(evaluator.parameters()).device)), 1)
     return Explanation(x[0].cpu(), x_cf[0].cpu(), difference_map(x, x_cf)[0].cpu(),
-                       int(labels[index]), target, int(p[0].argmax()), int(p[1].argmax()),
+                       int(labels[index]), target, int(cf.t_star[0]), int(p[0].argmax()),
+                       int(p[1].argmax()),
                        float(p[0, target]), float(p[1, target]), float((x_cf - x).abs().mean()))
 
 
@@ -114,7 +118,7 @@ def counterfactual_explorer(model, evaluator, images: Tensor, labels: Tensor, *,
         "t_star": w.IntSlider(value=T // 4, min=T // 20, max=T // 2, step=T // 40, description="t*",
                               disabled=True),
         "kind": w.Dropdown(options=list(GUIDANCE_KINDS), value="representation", description="sampler"),
-        "scale": w.FloatLogSlider(value=default_scale("representation"), base=10, min=0, max=4,
+        "scale": w.FloatLogSlider(value=default_scale(model, "representation"), base=10, min=0, max=4,
                                   step=0.25, description="γ or s"),
     }
     button, out = w.Button(description="Explain", button_style="primary"), w.Output()
@@ -122,7 +126,8 @@ def counterfactual_explorer(model, evaluator, images: Tensor, labels: Tensor, *,
                              names="value")
     # γ and s live on different scales: a new sampler starts from its own default
     controls["kind"].observe(lambda change: setattr(controls["scale"], "value",
-                                                    default_scale(change["new"])), names="value")
+                                                    default_scale(model, change["new"])),
+                             names="value")
 
     def on_click(_=None):
         values = {k: c.value for k, c in controls.items()}

@@ -31,7 +31,7 @@ def batched(fn: Callable[..., Tensor], x: Tensor, *args: Tensor, batch_size: int
             ``fn``'s module has its parameters, else stays where it is).
         args: more (N, ...) tensors sliced alongside ``x`` (e.g. timesteps).
     Returns:
-        (N, ...) on the CPU. Gradients are off; the caller sets eval mode (``jdm.utils.eval_mode``).
+        (N, ...) on the CPU. Gradients are off; the caller sets eval mode (``jdm.sampling.eval_mode``).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")

@@ -47,39 +47,16 @@ from torch import Tensor
 from .classifier import ClassifierHead
 from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
 from .inference import INFERENCE_BATCH, batched
-from .inputs import check_images, check_int, check_timesteps
-from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, guided_eps
+from .inputs import check_images, check_timesteps
+from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, eval_mode, guided_eps
 from .schedule import NoiseSchedule, values_checkable
 from .unet import UNet
-from .utils import eval_mode
 
 __all__ = ["JointDiffusion", "augment_images", "DEFAULT_ALPHA"]
 
 DEFAULT_ALPHA = 0.1
-"""Default weight α of the classification loss (the reductions are in the module docstring).
-
-With AdamW the head's own parameters learn at the same speed for any α > 0 (Adam divides each
-gradient by its running scale, and only CE reaches the head), so α really sets how much the
-*shared encoder* is shaped by classification relative to denoising.
-
-Measured on the "tiny" UNet: 1,024 Fashion-MNIST training images, 300 steps of 64, T = 100,
-AdamW lr 1e-3, head dropout 0.1; L_simple with fixed t and noise, and clean accuracy, both on
-the last 1,024 images of the training split (never trained on); raw weights (EMA accuracy in
-brackets); two seeds:
-
-    α        L_simple seed 0 / seed 1      accuracy seed 0 / seed 1
-    0        0.1931 / 0.1981               (head untrained)
-    0.001    0.1942 /   –                  0.68 (0.70) /  –
-    0.1      0.2024 / 0.2085  (+5%)        0.78 (0.78) / 0.76 (0.78)
-    1        0.2469 / 0.2590  (+28-31%)    0.75 (0.79) / 0.74 (0.79)
-    10       0.2892 /   –     (+50%)       0.77 (0.79) /  –
-
-α = 0.1 gets the accuracy of α = 1 and 10 at about a sixth of α = 1's cost in L_simple (a tenth
-of α = 10's); α = 0.001 costs nothing measurable but leaves the classifier ~10 points behind.
-These are short runs of a 71k-parameter UNet, where the two losses compete hardest for capacity:
-re-measure α (e.g. 0.01, 0.1, 1) when training the larger presets, and pass ``alpha=`` /
-``--alpha`` to override.
-"""
+"""Default weight α of the classification loss: the accuracy of α = 1 at a sixth of its cost in
+L_simple on the "tiny" UNet (``docs/defaults.md``; the reductions are in the module docstring)."""
 
 
 def augment_images(x: Tensor, max_shift: int = 2, flip: bool = True,
@@ -275,30 +252,29 @@ class JointDiffusion(DiffusionModel):
         decoder). x: (N, C, H, W), t: (N,) long → (N, num_classes)."""
         return self.head(self.unet.encode(x, t))
 
-    def sample(self, n: int, *, labels: Tensor | int | None = None,
+    def sample(self, n: int, *, target: Tensor | int | None = None,
                guidance: Guidance | str | None = None, method: str = "ddim",
                steps: int | None = None, eta: float | None = None,
                generator: torch.Generator | None = None, progress: bool = True) -> Tensor:
-        """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``labels``, of those classes.
+        """Draw ``n`` images (n, C, H, W) in [-1, 1]; with ``target``, of those classes.
 
         Args:
-            labels: None samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
-                tensor of class indices samples conditionally (``jdm.counterfactual`` calls the
-                same thing ``target``).
+            target: None samples unconditionally (as ``DiffusionModel.sample``); an int or an (n,)
+                tensor of class indices samples conditionally.
             guidance: how to steer (a ``jdm.Guidance``, a kind name, or None for the defaults:
-                ``jdm.sampling.DEFAULT_GUIDANCE``); only used with ``labels``.
+                ``jdm.sampling.DEFAULT_GUIDANCE``); only used with ``target``.
             method, steps: ``"ddim"`` with ``steps`` steps (None: ``DEFAULT_DDIM_STEPS``) or
                 ancestral ``"ddpm"`` over every step.
-            eta: DDIM noise; None means the method's default: 0 without labels, ``guidance.eta``
-                with them.
+            eta: DDIM noise; None means the method's default: 0 without a target,
+                ``guidance.eta`` with one.
             generator: makes the draw reproducible.
         """
         self.check_sampling(n, steps, generator)
-        if labels is None:
+        if target is None:
             eps_fn, default_eta = self.unet, 0.0
         else:
             g = Guidance.of(guidance)
-            eps_fn = guided_eps(self, labels, n, g)
+            eps_fn = guided_eps(self, target, n, g)
             default_eta = DEFAULT_CONDITIONAL_ETA if g.eta is None else g.eta
         return self.run_sampler(eps_fn, n, method=method, steps=steps,
                                 eta=default_eta if eta is None else eta, generator=generator,

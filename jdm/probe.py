@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .inputs import SEED_LIMIT, check_images, check_int
+from .sampling import eval_mode
 from .schedule import NoiseSchedule
-from .utils import eval_mode
 
 __all__ = ["encoder_features", "fit_linear_probe"]
 

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["representation_guided_eps", "representation_step", "representation_x0_guided_eps",
-           "target_log_prob", "REPRESENTATION_LEVELS", "GRADIENT_RULES", "DIRECTIONS",
-           "DEFAULT_RULES", "DEFAULT_LEVELS"]
+           "target_log_prob", "check_guidance_values", "REPRESENTATION_LEVELS", "GRADIENT_RULES",
+           "DIRECTIONS", "DEFAULT_RULES", "DEFAULT_LEVELS"]
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
 """A noise predictor: x_t (N, C, H, W), t (N,) → ε̂ (N, C, H, W)."""
@@ -64,7 +64,7 @@ def _features(like, maps: list[Tensor]):
     return type(like)(maps[0], list(maps[1:]))
 
 
-def representation_guided_eps(model, target: Tensor, *, step_size: float,
+def representation_guided_eps(model, target: Tensor, *, scale: float,
                               inner_steps: int = 1, levels: str = "all", gradient: str = "total",
                               direction: str = "descent") -> EpsFn:
     """ε̂ from optimised representations: the paper's sampler (Deja et al. 2023, Sec. 3.2), as
@@ -91,7 +91,7 @@ def representation_guided_eps(model, target: Tensor, *, step_size: float,
         model: ``unet.encode``/``unet.decode``, ``head``, ``schedule`` (a ``JointDiffusion``), in
             eval mode.
         target: (N,) long, the class of each image in the batch.
-        step_size: γ >= 0 (0 gives the unconditional ε̂ exactly).
+        scale: γ >= 0 (0 gives the unconditional ε̂ exactly).
         inner_steps: feature updates per reverse step (>= 1); the authors take one.
         levels: ``"all"`` (as the paper), ``"lowest"`` or ``"highest"`` resolution only.
         gradient: ``"total"`` (the authors') or ``"direct"`` (``GRADIENT_RULES``).
@@ -100,12 +100,12 @@ def representation_guided_eps(model, target: Tensor, *, step_size: float,
     Returns:
         ``eps_fn(x_t (N, C, H, W), t (N,)) → ε̂ (N, C, H, W)`` for ``sample_loop``.
     """
-    return _moved_eps(model, _head_on_z(model, target), step_size, inner_steps, levels,
+    return _moved_eps(model, _head_on_z(model, target), scale, inner_steps, levels,
                       gradient, direction)
 
 
 def representation_step(model, target: Tensor, x_t: Tensor, t: Tensor, *,
-                        step_size: float, inner_steps: int = 1,
+                        scale: float, inner_steps: int = 1,
                         levels: str = "all", gradient: str = "total", direction: str = "descent"):
     """One reverse step's feature update of the paper's sampler, for looking at it.
 
@@ -115,13 +115,13 @@ def representation_step(model, target: Tensor, x_t: Tensor, t: Tensor, *,
         ``(z_t, moved)``: the encoder's ``Features`` of x_t and the same maps after the update
         (both detached; ``representation_guided_eps`` decodes ``moved`` to ε̂).
     """
-    _check_step(step_size, inner_steps, levels, gradient, direction)
-    return _move_features(model, _head_on_z(model, target), x_t, t, step_size, inner_steps, levels,
+    check_guidance_values(scale, inner_steps, levels, gradient, direction)
+    return _move_features(model, _head_on_z(model, target), x_t, t, scale, inner_steps, levels,
                           gradient, direction)
 
 
 def representation_x0_guided_eps(model, target: Tensor, *,
-                                 step_size: float,
+                                 scale: float,
                                  inner_steps: int = 1, levels: str = "lowest",
                                  gradient: str = "direct", direction: str = "ascent") -> EpsFn:
     """ε̂ from optimised representations judged through x̂₀: a jdm variant of the paper's sampler.
@@ -147,7 +147,7 @@ def representation_x0_guided_eps(model, target: Tensor, *,
         sigma = (1 - schedule.alpha_bars.to(x_t.device)[t]).sqrt().reshape(-1, 1, 1, 1)
         return log_p, sigma  # the head judges x̂_0 at t = 0; the push fades with the noise
 
-    return _moved_eps(model, objective, step_size, inner_steps, levels, gradient, direction)
+    return _moved_eps(model, objective, scale, inner_steps, levels, gradient, direction)
 
 
 def _head_on_z(model, target: Tensor):
@@ -157,16 +157,16 @@ def _head_on_z(model, target: Tensor):
     return objective
 
 
-def _moved_eps(model, objective, step_size: float, inner_steps: int, levels: str, gradient: str,
+def _moved_eps(model, objective, scale: float, inner_steps: int, levels: str, gradient: str,
                direction: str) -> EpsFn:
     """ε̂ = d_ψ(moved z_t, t), the features moved by ``_move_features``; γ = 0: the plain ε̂."""
-    _check_step(step_size, inner_steps, levels, gradient, direction)
+    check_guidance_values(scale, inner_steps, levels, gradient, direction)
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        if step_size == 0:
+        if scale == 0:
             with torch.no_grad():
                 return model.unet(x_t, t)
-        _, moved = _move_features(model, objective, x_t, t, step_size, inner_steps, levels,
+        _, moved = _move_features(model, objective, x_t, t, scale, inner_steps, levels,
                                   gradient, direction)
         with torch.no_grad():
             return model.unet.decode(moved, t)
@@ -174,7 +174,7 @@ def _moved_eps(model, objective, step_size: float, inner_steps: int, levels: str
     return eps_fn
 
 
-def _move_features(model, objective, x_t: Tensor, t: Tensor, step_size: float, inner_steps: int,
+def _move_features(model, objective, x_t: Tensor, t: Tensor, scale: float, inner_steps: int,
                    levels: str, gradient: str, direction: str):
     """The representation samplers' shared body: encode x_t once, then ``inner_steps`` times move
     the chosen maps, z ← z ± γ · weight · ∂ log p / ∂z, where ``objective(features, x_t, t) ->
@@ -200,18 +200,22 @@ def _move_features(model, objective, x_t: Tensor, t: Tensor, step_size: float, i
             grads = torch.autograd.grad(log_p, [z[i] for i in moved],
                                         retain_graph=k + 1 < inner_steps)
             for i, g in zip(moved, grads):
-                offsets[i] = offsets[i] + sign * step_size * weight * g
+                offsets[i] = offsets[i] + sign * scale * weight * g
     z = [m.detach() for m in z]
     return _features(feats, z), _features(feats, [m + d for m, d in zip(z, offsets)])
 
 
-def _check_step(step_size: float, inner_steps: int, levels: str, gradient: str, direction: str) -> None:
-    if not 0 <= step_size < float("inf"):
-        raise ValueError(f"step_size must be a finite number >= 0, got {step_size}")
-    if inner_steps < 1:
-        raise ValueError(f"inner_steps must be >= 1, got {inner_steps}")
+def check_guidance_values(scale: float | None, inner_steps: int = 1, levels: str | None = None,
+                          gradient: str | None = None, direction: str | None = None) -> None:
+    """Raise ``ValueError`` for a γ (or s) that is not a finite number >= 0, an ``inner_steps``
+    that is not an int >= 1, or a rule outside ``REPRESENTATION_LEVELS``, ``GRADIENT_RULES`` or
+    ``DIRECTIONS``; None: not given. The one check behind ``jdm.Guidance`` and these samplers."""
+    if scale is not None and not 0 <= scale < float("inf"):  # also NaN
+        raise ValueError(f"guidance scale must be a finite number >= 0, got {scale!r}")
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+        raise ValueError(f"inner_steps must be an int >= 1, got {inner_steps!r}")
     for name, value, allowed in (("levels", levels, REPRESENTATION_LEVELS),
                                  ("gradient", gradient, GRADIENT_RULES),
                                  ("direction", direction, DIRECTIONS)):
-        if value not in allowed:
+        if value is not None and value not in allowed:
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}")

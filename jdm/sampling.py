@@ -27,27 +27,31 @@ only); the conditional samplers need a model object with ``unet.encode``/``unet.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-try:
+if __package__:  # inside jdm (or any package it is copied into)
     from .representation import (DEFAULT_LEVELS, DEFAULT_RULES, DIRECTIONS, GRADIENT_RULES,
-                                 REPRESENTATION_LEVELS, representation_guided_eps,
-                                 representation_step, representation_x0_guided_eps, target_log_prob)
+                                 REPRESENTATION_LEVELS, check_guidance_values,
+                                 representation_guided_eps, representation_step,
+                                 representation_x0_guided_eps, target_log_prob)
     from .schedule import NoiseSchedule, randn_like
-except ImportError:  # copied next to schedule.py and representation.py, outside the jdm package
+else:  # copied next to schedule.py and representation.py as top-level modules
     from representation import (DEFAULT_LEVELS, DEFAULT_RULES, DIRECTIONS, GRADIENT_RULES,
-                                REPRESENTATION_LEVELS, representation_guided_eps,
-                                representation_step, representation_x0_guided_eps, target_log_prob)
+                                REPRESENTATION_LEVELS, check_guidance_values,
+                                representation_guided_eps, representation_step,
+                                representation_x0_guided_eps, target_log_prob)
     from schedule import NoiseSchedule, randn_like
 
 __all__ = ["EpsFn", "Guidance", "sample_loop", "guided_eps", "representation_guided_eps",
            "representation_x0_guided_eps", "representation_step", "classifier_guided_eps",
-           "check_targets",
+           "check_targets", "eval_mode",
            "GUIDANCE_KINDS", "REPRESENTATION_LEVELS", "GRADIENT_RULES", "DIRECTIONS",
            "DEFAULT_SCALES", "DEFAULT_LEVELS", "DEFAULT_RULES",
            "DEFAULT_DDIM_STEPS", "DEFAULT_CONDITIONAL_ETA", "DEFAULT_GUIDANCE"]
@@ -57,22 +61,19 @@ GUIDANCE_KINDS = ("representation", "representation-x0", "classifier")
 classifier guidance."""
 
 DEFAULT_SCALES = {"representation": 100.0, "representation-x0": 1000.0, "classifier": 100.0}
-"""γ (representation samplers) or s (classifier guidance) when ``Guidance.scale`` is None: the
-best of each sampler's sweep on the shipped models (``docs/samplers.md``; the authors' script
-defaults to γ = 1000 with the same summed cross-entropy)."""
+"""γ (representation samplers) or s (classifier guidance) when ``Guidance.scale`` is None: each
+sampler's best in the sweeps of ``docs/samplers.md`` (why: ``docs/defaults.md``)."""
 
 DEFAULT_DDIM_STEPS = 50
 """DDIM steps when ``steps=None`` (ancestral DDPM always visits every step)."""
 
 DEFAULT_CONDITIONAL_ETA = 1.0
 """DDIM η of conditional sampling when ``Guidance.eta`` is not given (unconditional: η = 0): fresh
-noise at every step washes out the small head-fooling changes that guided deterministic DDIM piles
-up (measured in notebook 06's first version: classifier guidance 0.91 at η = 0, 0.98 at η = 1)."""
+noise washes out the small head-fooling changes guided DDIM piles up (``docs/defaults.md``)."""
 
 DEFAULT_GUIDANCE = "auto"
-"""``Guidance.kind`` when none is given: "auto" is the paper's sampler, which on ``jdm-fmnist``
-matches classifier guidance's agreement (0.982 against 0.998) at a lower FD (3.5 against 7.5) and
-needs no noise-aware head (``docs/samplers.md``). Counterfactuals choose their own."""
+"""``Guidance.kind`` when none is given: "auto" is the paper's sampler, close to classifier
+guidance's agreement at a lower FD, no noise-aware head needed (``docs/defaults.md``)."""
 
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
@@ -83,7 +84,7 @@ EpsFn = Callable[[Tensor, Tensor], Tensor]
 class Guidance:
     """How a conditional sampler steers towards a class: one object for every entry point.
 
-    ``JointDiffusion.sample(labels=…, guidance=…)``, ``jdm.counterfactual(…, guidance=…)``,
+    ``JointDiffusion.sample(target=…, guidance=…)``, ``jdm.counterfactual(…, guidance=…)``,
     ``jdm.evaluate`` and the CLI (flags generated from these fields) all take it; a plain string
     is short for ``Guidance(kind=…)``. None in a field means its default, defined once above.
 
@@ -139,17 +140,8 @@ class Guidance:
         if self.kind not in ("auto", *GUIDANCE_KINDS):
             raise ValueError(f"guidance kind must be one of {('auto', *GUIDANCE_KINDS)}, "
                              f"got {self.kind!r}")
-        if self.scale is not None and not 0 <= self.scale < float("inf"):  # also NaN, inf
-            raise ValueError(f"guidance scale must be a finite number >= 0, got {self.scale}")
-        if isinstance(self.inner_steps, bool) or not isinstance(self.inner_steps, int) \
-                or self.inner_steps < 1:
-            raise ValueError(f"inner_steps must be an int >= 1, got {self.inner_steps!r}")
-        if self.levels is not None and self.levels not in REPRESENTATION_LEVELS:
-            raise ValueError(f"levels must be one of {REPRESENTATION_LEVELS}, got {self.levels!r}")
-        if self.gradient is not None and self.gradient not in GRADIENT_RULES:
-            raise ValueError(f"gradient must be one of {GRADIENT_RULES}, got {self.gradient!r}")
-        if self.direction is not None and self.direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {self.direction!r}")
+        check_guidance_values(self.scale, self.inner_steps, self.levels, self.gradient,
+                              self.direction)
         if self.eta is not None and not 0.0 <= self.eta <= 1.0:  # also rejects NaN
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
 
@@ -299,13 +291,12 @@ def classifier_guided_eps(model, target: Tensor, *,
     Args:
         model: a ``JointDiffusion`` in eval mode.
         target: (N,) long.
-        scale: s >= 0 (0 gives the unconditional ε̂).
+        scale: s >= 0, finite (0 gives the unconditional ε̂).
 
     Returns:
         ``eps_fn`` for ``sample_loop``.
     """
-    if not scale >= 0:
-        raise ValueError(f"scale must be >= 0, got {scale}")
+    check_guidance_values(scale)
     if scale == 0:
         return model.unet  # unguided: no backward pass to pay for
 
@@ -349,5 +340,21 @@ def guided_eps(model, target: Tensor | int, n: int, guidance: Guidance | str | N
                           stacklevel=2)
         return classifier_guided_eps(model, target, scale=g.scale)
     sampler = representation_guided_eps if g.kind == "representation" else representation_x0_guided_eps
-    return sampler(model, target, step_size=g.scale, inner_steps=g.inner_steps, levels=g.levels,
+    return sampler(model, target, scale=g.scale, inner_steps=g.inner_steps, levels=g.levels,
                    gradient=g.gradient, direction=g.direction)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode (no dropout) for the ``with`` block, then restore its mode,
+    also when the block raises: sampling or measuring with dropout on would be a silent bug.
+
+        with eval_mode(model):
+            logits = model.classify(x)
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -60,7 +60,8 @@ from .distributed import Distributed
 from .inputs import MAX_BATCH, SEED_LIMIT, check_float, check_image_range, check_int
 from .outputs import write_atomically
 from .runlock import RunLock
-from .utils import eval_mode, get_device, seed_everything
+from .sampling import eval_mode
+from .utils import get_device, seed_everything
 
 __all__ = [
     "TrainConfig",

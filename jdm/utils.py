@@ -1,5 +1,4 @@
-"""Course plumbing: the one device helper, the one seeding helper, the one quick-mode switch, and
-``eval_mode`` (run a model in eval mode and put its mode back).
+"""Course plumbing: the one device helper, the one seeding helper and the one quick-mode switch.
 
 Quick mode (``JDM_QUICK=1`` in the environment) shrinks every training and sampling loop so the
 whole course executes in minutes on a CPU. It is read here and nowhere else: code asks
@@ -10,15 +9,12 @@ from __future__ import annotations
 import os
 import platform
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch import nn
 
-__all__ = ["get_device", "hardware_string", "seed_everything", "quick_mode", "set_quick_mode", "sweeps_enabled",
-           "env_switch", "pick", "eval_mode"]
+__all__ = ["get_device", "hardware_string", "seed_everything", "quick_mode", "set_quick_mode",
+           "sweeps_enabled", "env_switch", "pick"]
 
 
 def hardware_string(device: torch.device) -> str:
@@ -124,19 +120,3 @@ def project_path(*parts: str) -> Path:
 def pick(full, quick):
     """Return ``quick`` in quick mode and ``full`` otherwise (e.g. ``steps = pick(5000, 50)``)."""
     return quick if quick_mode() else full
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode (no dropout) for the ``with`` block, then restore its mode,
-    also when the block raises. Sampling or measuring with dropout on would be a silent bug.
-
-        with eval_mode(model):
-            logits = model.classify(x)
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)

@@ -5,6 +5,7 @@ Images are tensors (N, C, H, W) in [-1, 1], as everywhere in jdm.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +14,8 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 __all__ = ["image_grid", "show_images", "overview_figure", "counterfactual_gallery",
-           "draw_joint_model_schematic", "demo_figure"]
+           "draw_joint_model_schematic", "demo_figure", "ClassifyPanel", "GeneratePanel",
+           "ExplainPanel"]
 
 THUMBNAIL_INCHES = 0.9
 """Default size of one image in a grid drawn by ``show_images``: about 65 pixels at Jupyter's 72 dpi,
@@ -179,42 +181,60 @@ def draw_joint_model_schematic(ax: plt.Axes | None = None) -> plt.Axes:
     return ax
 
 
-def demo_figure(images: Tensor, labels: Tensor, predictions: Tensor, confidences: Tensor,
-                samples: Tensor, sample_labels: Tensor, originals: Tensor, counterfactuals: Tensor,
-                cf_titles: list[str], class_names: list[str], accuracy_text: str,
-                sampler_text: str, cf_text: str, path: str | Path | None = None) -> plt.Figure:
-    """The course in one figure (``python -m jdm demo``): classification, class-conditional
-    samples and counterfactuals of one joint model.
+@dataclass
+class ClassifyPanel:
+    """The demo figure's first panel: test images (N, C, H, W), their true classes, the model's
+    predicted classes and the softmax probability of each prediction (N,); ``caption`` heads it."""
+    images: Tensor
+    labels: Tensor
+    predictions: Tensor
+    confidences: Tensor
+    caption: str
 
-    Args:
-        images, labels, predictions, confidences: test images (N, C, H, W), their true classes,
-            the model's predicted classes and the softmax probability of the prediction (N,).
-        samples, sample_labels: conditional samples (M, C, H, W), requested classes (M,), grouped
-            by class (the same number per class).
-        originals, counterfactuals, cf_titles: as for ``counterfactual_gallery``.
-        class_names: names indexed by class; the three *_text captions head the panels.
-    """
-    per_class = int((sample_labels == sample_labels[0]).sum())
-    classes = sample_labels[::per_class].tolist()
+
+@dataclass
+class GeneratePanel:
+    """The second panel: conditional samples (M, C, H, W) and their requested classes (M,),
+    grouped by class (the same number per class)."""
+    samples: Tensor
+    target: Tensor
+    caption: str
+
+
+@dataclass
+class ExplainPanel:
+    """The third panel: as for ``counterfactual_gallery``."""
+    originals: Tensor
+    counterfactuals: Tensor
+    titles: list[str]
+    caption: str
+
+
+def demo_figure(classify: ClassifyPanel, generate: GeneratePanel, explain: ExplainPanel,
+                class_names: list[str], path: str | Path | None = None) -> plt.Figure:
+    """The course in one figure (``python -m jdm demo``): classification, class-conditional
+    samples and counterfactuals of one joint model; ``class_names`` indexed by class."""
+    per_class = int((generate.target == generate.target[0]).sum())
+    classes = generate.target[::per_class].tolist()
     fig = plt.figure(figsize=(15, 6.4), layout="constrained")
     left, middle, right = fig.subfigures(1, 3, width_ratios=[1.0, 1.0, 1.5], wspace=0.04)
-    cols = 3
-    axes = left.subplots(-(-len(images) // cols), cols, squeeze=False)
-    for ax, k in zip(axes.flat, range(len(images))):
-        ax.imshow(image_grid(images[k:k + 1], nrow=1).numpy(), cmap="gray")
-        right_answer = int(predictions[k]) == int(labels[k])
-        ax.set_title(f"{class_names[int(predictions[k])]} {float(confidences[k]):.0%}", fontsize=8,
-                     color="green" if right_answer else "red")
-        ax.set_xlabel(f"true: {class_names[int(labels[k])]}", fontsize=7)
+    cols, c = 3, classify
+    axes = left.subplots(-(-len(c.images) // cols), cols, squeeze=False)
+    for ax, k in zip(axes.flat, range(len(c.images))):
+        ax.imshow(image_grid(c.images[k:k + 1], nrow=1).numpy(), cmap="gray")
+        right_answer = int(c.predictions[k]) == int(c.labels[k])
+        ax.set_title(f"{class_names[int(c.predictions[k])]} {float(c.confidences[k]):.0%}",
+                     fontsize=8, color="green" if right_answer else "red")
+        ax.set_xlabel(f"true: {class_names[int(c.labels[k])]}", fontsize=7)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    left.suptitle("1. classify (title: prediction, green = right)\n" + accuracy_text, fontsize=9)
+    left.suptitle("1. classify (title: prediction, green = right)\n" + c.caption, fontsize=9)
     ax = middle.subplots()
-    show_images(samples, nrow=per_class, ax=ax, row_labels=[class_names[c] for c in classes])
-    middle.suptitle("2. generate on request: one row per class\n" + sampler_text, fontsize=9)
-    counterfactual_gallery(originals, counterfactuals, cf_titles, fig=right)
-    right.suptitle("3. explain: what would make it another class?\n" + cf_text, fontsize=9)
+    show_images(generate.samples, nrow=per_class, ax=ax, row_labels=[class_names[k] for k in classes])
+    middle.suptitle("2. generate on request: one row per class\n" + generate.caption, fontsize=9)
+    counterfactual_gallery(explain.originals, explain.counterfactuals, explain.titles, fig=right)
+    right.suptitle("3. explain: what would make it another class?\n" + explain.caption, fontsize=9)
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig

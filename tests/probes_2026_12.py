@@ -170,8 +170,9 @@ def counterfactual_01(tmp: Path) -> str:
     import jdm
 
     model = h().tiny_joint()
+    settings = jdm.CounterfactualSettings(t_star=10, steps=2)
     return h().api(lambda: jdm.counterfactual(model, (test_images(4) + 1) / 2, target=0,
-                                              t_star=10, steps=2, progress=False), "[0, 1]")
+                                              settings=settings, progress=False), "[0, 1]")
 
 
 def eps_outside_t(tmp: Path) -> str:
@@ -603,7 +604,7 @@ def probes():
         t("D12", "predict batch_size=-1", predict(images, "batch_size", batch_size=-1), CLEAR),
         t("D13", "predict batch_size=2.5", predict(images, "batch_size", batch_size=2.5), CLEAR),
         t("D14", "sample generator='seed'", lambda d: api(
-            lambda: h().tiny_joint().sample(2, labels=3, steps=2, generator="seed"), "generator"),
+            lambda: h().tiny_joint().sample(2, target=3, steps=2, generator="seed"), "generator"),
           CLEAR),
         t("D15", "sample steps=5000 on a T = 50 model", lambda d: api(
             lambda: h().tiny_joint().sample(1, steps=5000), "steps"), CLEAR),

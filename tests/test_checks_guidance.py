@@ -13,7 +13,7 @@ def paper_eps_with(sign=1.0, rule="total", only_bottleneck=False, reduce="sum", 
                    decode_moved=True):
     """The authors' step (+γ·∇CE with each map's total derivative), or one of the mistakes a
     student makes writing it, written the way a student would (retain_grad + backward)."""
-    def make(model, target, step_size):
+    def make(model, target, scale):
         def eps_fn(x_t, t):
             with torch.enable_grad():
                 feats = model.unet.encode(x_t, t)
@@ -27,7 +27,7 @@ def paper_eps_with(sign=1.0, rule="total", only_bottleneck=False, reduce="sum", 
                 scores = logits.log_softmax(1) if normalise else logits
                 picked = -scores[torch.arange(len(target)), target]     # the cross-entropy
                 (picked.sum() if reduce == "sum" else picked.mean()).backward()
-            moved = [m + sign * step_size * m.grad if i < len(moving) else m for i, m in enumerate(maps)]
+            moved = [m + sign * scale * m.grad if i < len(moving) else m for i, m in enumerate(maps)]
             model.zero_grad()
             with torch.no_grad():
                 out = moved if decode_moved else maps
@@ -142,5 +142,5 @@ def test_paper_eps_calling_the_reference_fails_and_says_so():
     """jdm's representation_guided_eps computes the answer the check compares with: no answer."""
     from jdm.sampling import representation_guided_eps
     with pytest.raises(AssertionError, match="called jdm's .*representation_guided_eps.*implement it yourself"):
-        jdm.checks.paper_eps(lambda model, target, step_size: representation_guided_eps(
-            model, target, step_size=step_size))
+        jdm.checks.paper_eps(lambda model, target, scale: representation_guided_eps(
+            model, target, scale=scale))

@@ -58,9 +58,9 @@ EXAMPLES = {
     "representation.py": ([], TINY_MODEL + """
         from representation import representation_guided_eps, representation_step
         target, x, t = torch.tensor([3, 4]), torch.zeros(2, 1, 28, 28), torch.tensor([10, 40])
-        z, moved = representation_step(model, target, x, t, step_size=100.0)
+        z, moved = representation_step(model, target, x, t, scale=100.0)
         assert moved.bottleneck.shape == z.bottleneck.shape
-        assert representation_guided_eps(model, target, step_size=100.0)(x, t).shape == x.shape
+        assert representation_guided_eps(model, target, scale=100.0)(x, t).shape == x.shape
     """),
     "sampling.py": (["schedule.py", "representation.py"], TINY_MODEL + """
         from sampling import Guidance, guided_eps, sample_loop
@@ -69,13 +69,19 @@ EXAMPLES = {
             x = sample_loop(eps, model.schedule, (2, 1, 28, 28), method="ddim", steps=3, progress=False)
             assert x.shape == (2, 1, 28, 28)
     """),
-    "counterfactual.py": (["sampling.py", "schedule.py", "representation.py", "utils.py", "inputs.py"],
+    "counterfactual.py": (["sampling.py", "schedule.py", "representation.py", "inputs.py"],
                           TINY_MODEL + """
-        from counterfactual import counterfactual
+        from counterfactual import CounterfactualSettings, counterfactual
         x = torch.rand(2, 1, 28, 28) * 2 - 1
-        assert counterfactual(model, x, 4, t_star=10, steps=3, progress=False).shape == x.shape
-        assert counterfactual(model, x, 4, steps=3, progress=False).shape == x.shape  # t* auto
+        one = counterfactual(model, x, 4, CounterfactualSettings(t_star=10, steps=3), progress=False)
+        assert one.images.shape == x.shape and one.t_star.tolist() == [10, 10]
+        auto = counterfactual(model, x, 4, CounterfactualSettings(steps=3), progress=False)
+        assert auto.images.shape == x.shape and auto.guidance.kind == "classifier"
     """),
+}
+
+DECOYS = {  # a file a copier's project may hold already: no copied module may import it
+    "utils.py": "raise RuntimeError('the decoy utils.py was imported')\n",
 }
 
 
@@ -85,6 +91,8 @@ def test_module_works_when_copied(module, tmp_path):
     docstring = (PACKAGE / module).read_text().split('"""')[1]
     assert all(f"``{other}``" in docstring for other in needs), (module, needs)
     model_files = ["unet.py", "classifier.py", "schedule.py"] if example.startswith(TINY_MODEL) else []
+    for name, text in DECOYS.items():
+        (tmp_path / name).write_text(text)
     for name in {module, *needs, *model_files}:
         shutil.copy(PACKAGE / name, tmp_path / name)
     script = tmp_path / "example.py"

@@ -7,6 +7,7 @@ import torch
 
 import jdm
 from jdm.__main__ import main
+from jdm.counterfactual import CounterfactualSettings as Settings
 from jdm.counterfactual import counterfactual, difference_map
 from jdm.evaluate import class_matched_indices, other_class_targets, runner_up_targets
 from jdm.joint import JointDiffusion
@@ -31,24 +32,30 @@ def images():
 
 def test_public_api():
     assert jdm.counterfactual is counterfactual and jdm.difference_map is difference_map
+    assert jdm.CounterfactualSettings is Settings
 
 
 @pytest.mark.parametrize("guidance", ["representation", "representation-x0", "classifier"])
 def test_shapes_and_trajectory(images, guidance):
     model = make()
-    x_cf, traj = counterfactual(model, images, torch.tensor([1, 2, 3]), t_star=20, steps=5,
-                                guidance=guidance, generator=torch.Generator().manual_seed(0),
-                                progress=False, return_trajectory=True)
+    cf = counterfactual(model, images, torch.tensor([1, 2, 3]), Settings(t_star=20, steps=5),
+                        guidance, generator=torch.Generator().manual_seed(0), progress=False,
+                        return_trajectory=True)
+    x_cf, traj = cf.images, cf.trajectory
     assert x_cf.shape == images.shape and x_cf.min() >= -1 and x_cf.max() <= 1
     assert len(traj) == 6 and all(t.shape == images.shape for t in traj)  # x_{t*} + 5 steps
     assert difference_map(images, x_cf).shape == (3, 28, 28)
+    assert cf.t_star.tolist() == [20] * 3 and cf.t_star.dtype == torch.long
+    assert cf.guidance.kind == guidance and cf.settings.steps == 5
+    assert counterfactual(model, images, 1, Settings(t_star=20, steps=2),
+                          progress=False).trajectory is None
 
 
 def test_deterministic_with_a_generator(images):
     model = make()
-    run = lambda seed, **kw: counterfactual(model, images, 4, t_star=15, steps=4,  # noqa: E731
-                                            generator=torch.Generator().manual_seed(seed),
-                                            progress=False, **kw)
+    run = lambda seed, start, guidance=None: counterfactual(  # noqa: E731
+        model, images, 4, Settings(t_star=15, steps=4, start=start), guidance,
+        generator=torch.Generator().manual_seed(seed), progress=False).images
     assert torch.equal(run(0, start="noise"), run(0, start="noise"))
     assert not torch.equal(run(0, start="noise"), run(1, start="noise"))
     # DDIM inversion with η = 0 draws no noise at all: the seed does not matter; with the
@@ -88,9 +95,9 @@ def test_ddim_inversion_is_exact_for_a_constant_noise_prediction(images, t_star,
 def test_keep_one_returns_the_original_and_keep_pulls_towards_it(images):
     model = make()
     run = lambda keep, start: counterfactual(  # noqa: E731
-        model, images, 2, t_star=30, steps=6, keep=keep, start=start,
-        guidance=Guidance("classifier", scale=50.0), generator=torch.Generator().manual_seed(0),
-        progress=False)
+        model, images, 2, Settings(t_star=30, steps=6, keep=keep, start=start),
+        Guidance("classifier", scale=50.0), generator=torch.Generator().manual_seed(0),
+        progress=False).images
     for start in ("inversion", "noise"):
         torch.testing.assert_close(run(1.0, start), images, rtol=1e-4, atol=1e-4)
         far, near = ((run(k, start) - images).abs().mean() for k in (0.0, 0.5))
@@ -103,9 +110,10 @@ def test_small_t_star_stays_close(images):
     model = make()
     dist = {}
     for t_star in (1, 40):
-        x_cf = counterfactual(model, images, 0, t_star=t_star, guidance=Guidance(scale=0.0),
-                              steps=t_star + 1, start="noise",
-                              generator=torch.Generator().manual_seed(0), progress=False)
+        x_cf = counterfactual(model, images, 0, Settings(t_star=t_star, steps=t_star + 1,
+                                                         start="noise"),
+                              Guidance(scale=0.0), generator=torch.Generator().manual_seed(0),
+                              progress=False).images
         dist[t_star] = (x_cf - images).abs().mean().item()
     assert dist[1] < 0.15 and dist[40] > 3 * dist[1]
 
@@ -114,10 +122,10 @@ def test_batches_are_independent(images):
     """An image's counterfactual depends on its own noise and target only, not on its batch: the
     guidance gradient of one example never involves another (LayerNorm head, summed log-probs)."""
     model = make()
-    both = counterfactual(model, images[:2], torch.tensor([5, 6]), t_star=10, steps=3,
-                          guidance=Guidance("classifier", scale=5.0, eta=0.0), start="noise",
-                          min_change=0.0,
-                          generator=torch.Generator().manual_seed(0), progress=False)
+    both = counterfactual(model, images[:2], torch.tensor([5, 6]),
+                          Settings(t_star=10, steps=3, start="noise", min_change=0.0),
+                          Guidance("classifier", scale=5.0, eta=0.0),
+                          generator=torch.Generator().manual_seed(0), progress=False).images
     # same noise for the first image: draw the pair's noise, keep only the first image's
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(2, 1, 28, 28, generator=g)[:1]
@@ -129,29 +137,62 @@ def test_batches_are_independent(images):
 
 
 @pytest.mark.parametrize("kwargs, match", [
+    ({"t_star": 0}, "t_star"),
+    ({"t_star": "automatic"}, "t_star"),
+    ({"t_star": 20.0}, "t_star"),
+    ({"t_star": True}, "t_star"),
+    ({"t_star": torch.tensor(5)}, "t_star"),
+    ({"start": "invert"}, "start"),
+    ({"start": "inversion", "method": "ddpm"}, "inversion"),
+    ({"start": "noise", "method": "ddpm", "steps": 3}, "steps"),
+    ({"method": "ddim2"}, "method"),
+    ({"steps": 0}, "steps"),
+    ({"keep": 1.5}, "keep"),
+    ({"keep": -0.1}, "keep"),
+    ({"keep": True}, "keep"),
+    ({"keep": float("nan")}, "keep"),
+    ({"min_change": -0.1}, "min_change"),
+    ({"min_change": 3.0}, "min_change"),
+    ({"t_star_rule": (0.1, 0.2)}, "t_star_rule"),
+    ({"t_star_rule": (0.1, -0.2, 0.5)}, "t_star_rule"),
+    ({"t_star_rule": (0.1, float("inf"), 0.5)}, "t_star_rule"),
+])
+def test_bad_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Settings(**kwargs)
+
+
+def test_settings_are_frozen_and_resolve_per_model():
+    from dataclasses import FrozenInstanceError
+
+    from jdm.counterfactual import AUTO_T_STAR, DEFAULT_COUNTERFACTUAL_STEPS
+    settings = Settings(t_star_rule=[0.1, 0.02, 0.4])
+    assert settings.t_star_rule == (0.1, 0.02, 0.4) and hash(settings)  # a list becomes a tuple
+    with pytest.raises(FrozenInstanceError):
+        settings.keep = 0.5
+    model = make()
+    resolved = Settings().resolve(model)
+    assert (resolved.steps, resolved.t_star_rule) == (DEFAULT_COUNTERFACTUAL_STEPS, AUTO_T_STAR)
+    assert Settings(start="noise", method="ddpm").resolve(model).steps is None
+    model.defaults = {"auto_t_star": [0.2, 0.01, 0.3]}      # a checkpoint's own rule wins
+    assert Settings().resolve(model).t_star_rule == (0.2, 0.01, 0.3)
+    assert Settings(t_star_rule=(0.1, 0.02, 0.4)).resolve(model).t_star_rule == (0.1, 0.02, 0.4)
+    with pytest.raises(ValueError, match="1..49"):           # T is the model's
+        Settings(t_star=50).resolve(model)
+
+
+@pytest.mark.parametrize("kwargs, match", [
     ({"target": 10}, "target"),
     ({"target": -1}, "target"),
     ({"target": torch.tensor([1, 2])}, "shape"),
-    ({"target": 1, "t_star": 0}, "t_star"),
-    ({"target": 1, "t_star": 50}, "t_star"),
+    ({"target": 1, "settings": Settings(t_star=50)}, "t_star"),
+    ({"target": 1, "settings": {"t_star": 20}}, "settings must be"),
     ({"target": 1, "guidance": "nope"}, "guidance"),
-    ({"target": 1, "start": "invert"}, "start"),
-    ({"target": 1, "start": "inversion", "method": "ddpm"}, "inversion"),
-    ({"target": 1, "keep": 1.5}, "keep"),
-    ({"target": 1, "keep": -0.1}, "keep"),
-    ({"target": 1, "keep": True}, "keep"),
-    ({"target": 1, "t_star": "automatic"}, "t_star"),
-    ({"target": 1, "t_star": 20.0}, "t_star"),
-    ({"target": 1, "t_star": torch.tensor([5, 6])}, "shape"),
-    ({"target": 1, "t_star": torch.tensor([5.0, 6.0, 7.0])}, "dtype"),
-    ({"target": 1, "t_star": torch.tensor([5, 0, 7])}, "1..49"),
-    ({"target": 1, "min_change": -0.1}, "min_change"),
-    ({"target": 1, "min_change": 3.0}, "min_change"),
-    ({"target": 1, "t_star": torch.tensor([5, 6, 5]), "return_trajectory": True}, "one t\\*"),
+    ({"target": 1, "generator": 0}, "generator"),
 ])
 def test_bad_input_is_refused(images, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        counterfactual(make(), images, progress=False, **{"t_star": 20, **kwargs})
+        counterfactual(make(), images, progress=False, **{"settings": Settings(t_star=20), **kwargs})
 
 
 def test_bad_images_are_refused(images):
@@ -226,31 +267,40 @@ def test_counterfactual_defaults_fill_only_what_guidance_leaves_open():
     from jdm.counterfactual import (DEFAULT_COUNTERFACTUAL_SCALES, DEFAULT_INVERSION_ETA,
                                     counterfactual_guidance)
     from jdm.sampling import DEFAULT_CONDITIONAL_ETA, DEFAULT_SCALES
-    g = counterfactual_guidance(None, noise_aware=True, start="inversion")
+    model, plain = make(), make()
+    plain.noise_aware = False
+    g = counterfactual_guidance(model, None, start="inversion")
     assert g.kind == "classifier" and g.scale == DEFAULT_COUNTERFACTUAL_SCALES["classifier"]
     assert g.eta == DEFAULT_INVERSION_ETA
-    assert counterfactual_guidance(None, True, "noise").eta == DEFAULT_CONDITIONAL_ETA
-    given = counterfactual_guidance(Guidance("classifier", scale=7.0, eta=0.2), True, "inversion")
+    assert counterfactual_guidance(model, None, "noise").eta == DEFAULT_CONDITIONAL_ETA
+    given = counterfactual_guidance(model, Guidance("classifier", scale=7.0, eta=0.2), "inversion")
     assert (given.scale, given.eta) == (7.0, 0.2)
-    paper = counterfactual_guidance("representation", True, "inversion")
+    paper = counterfactual_guidance(model, "representation", "inversion")
     assert paper.scale == DEFAULT_COUNTERFACTUAL_SCALES["representation"] != DEFAULT_SCALES["representation"]
     assert (paper.levels, paper.gradient, paper.direction) == ("all", "total", "descent")
-    x0 = counterfactual_guidance("representation-x0", True, "inversion")  # no counterfactual scale of its own
+    x0 = counterfactual_guidance(model, "representation-x0", "inversion")  # no counterfactual scale of its own
     assert x0.scale == DEFAULT_SCALES["representation-x0"]
     # "auto" picks the counterfactual's own default, whatever sampling's "auto" picks
-    assert counterfactual_guidance("auto", True, "noise").kind == "classifier"
-    assert counterfactual_guidance("auto", False, "noise").kind == "representation"
+    assert counterfactual_guidance(model, "auto", "noise").kind == "classifier"
+    assert counterfactual_guidance(plain, "auto", "noise").kind == "representation"
+    # a checkpoint's own scales (model.defaults, from load_pretrained) replace the generic ones
+    model.defaults = {"counterfactual_scales": {"classifier": 42.0}}
+    assert counterfactual_guidance(model, None).scale == 42.0
+    assert counterfactual_guidance(model, "representation").scale == DEFAULT_COUNTERFACTUAL_SCALES["representation"]
+    assert counterfactual_guidance(model, Guidance(scale=7.0)).scale == 7.0
 
 
 def test_counterfactual_uses_those_defaults(images):
     """counterfactual(guidance=None) is counterfactual with the filled-in Guidance."""
     from jdm.counterfactual import counterfactual_guidance
     model = make()
-    run = lambda guidance: counterfactual(model, images, 3, t_star=20, steps=4,  # noqa: E731
-                                          guidance=guidance, progress=False,
+    run = lambda guidance: counterfactual(model, images, 3, Settings(t_star=20, steps=4),  # noqa: E731
+                                          guidance, progress=False,
                                           generator=torch.Generator().manual_seed(0))
-    assert torch.equal(run(None), run(counterfactual_guidance(None, True, "inversion")))
-    assert not torch.equal(run(None), run(Guidance("classifier", eta=0.0)))
+    default = run(None)
+    assert default.guidance == counterfactual_guidance(model, None, "inversion")
+    assert torch.equal(default.images, run(counterfactual_guidance(model, None, "inversion")).images)
+    assert not torch.equal(default.images, run(Guidance("classifier", eta=0.0)).images)
 
 
 def test_fade_small_changes():
@@ -265,9 +315,10 @@ def test_fade_small_changes():
 def test_min_change_fades_the_finished_counterfactual(images):
     from jdm.counterfactual import fade_small_changes
     model = make()
-    run = lambda m: counterfactual(model, images, 2, t_star=30, steps=5, min_change=m,  # noqa: E731
-                                   guidance=Guidance("classifier", scale=20.0, eta=0.0),
-                                   progress=False)
+    run = lambda m: counterfactual(model, images, 2,  # noqa: E731
+                                   Settings(t_star=30, steps=5, min_change=m),
+                                   Guidance("classifier", scale=20.0, eta=0.0),
+                                   progress=False).images
     raw, faded = run(0.0), run(0.3)
     torch.testing.assert_close(faded, images + fade_small_changes(raw - images, 0.3))
     assert (faded - images).abs().mean() < (raw - images).abs().mean()
@@ -296,33 +347,49 @@ def test_auto_t_star_grows_with_the_models_doubt(images):
         auto_t_star(model, images, 10)
 
 
-def test_per_image_t_star_runs_each_group_as_its_own_batch(images):
-    """t_star as a tensor: each image gets what an int t_star gives its group alone."""
-    model = make()
-    kw = dict(guidance=Guidance("classifier", scale=5.0, eta=0.0), steps=4, progress=False)
-    t_stars = torch.tensor([10, 30, 10])
-    mixed = counterfactual(model, images, torch.tensor([1, 2, 3]), t_star=t_stars, **kw)
-    ends = counterfactual(model, images[[0, 2]], torch.tensor([1, 3]), t_star=10, **kw)
-    middle = counterfactual(model, images[1:2], 2, t_star=30, **kw)
-    torch.testing.assert_close(mixed[[0, 2]], ends, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(mixed[1:2], middle, rtol=1e-4, atol=1e-5)
+def far_and_near(model, images):
+    """Targets the model's head ranks first (no doubt) for image 0 and last for the others, and a
+    rule under which they get different t* (10 and 30 of T = 50)."""
+    with torch.no_grad():
+        ranked = model.classify(images).argsort(1, descending=True)
+    target = torch.cat([ranked[:1, 0], ranked[1:, 9]])
+    return target, (0.2, 10.0, 0.6)
 
 
-def test_auto_is_the_default_and_uses_auto_t_star(images):
-    from jdm.counterfactual import DEFAULT_T_STAR, auto_t_star
+def test_images_that_share_a_t_star_run_as_their_own_batch(images):
+    """t* auto with two values: each image gets what an int t_star gives its group alone."""
     model = make()
-    assert DEFAULT_T_STAR == "auto"
+    target, rule = far_and_near(model, images)
+    kw = dict(guidance=Guidance("classifier", scale=5.0, eta=0.0), progress=False)
+    mixed = counterfactual(model, images, target, Settings(steps=4, t_star_rule=rule), **kw)
+    assert mixed.t_star.tolist() == [10, 30, 30] and mixed.settings.t_star_rule == rule
+    near = counterfactual(model, images[:1], target[:1], Settings(t_star=10, steps=4), **kw)
+    far = counterfactual(model, images[1:], target[1:], Settings(t_star=30, steps=4), **kw)
+    torch.testing.assert_close(mixed.images[:1], near.images, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mixed.images[1:], far.images, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="one t\\*"):
+        counterfactual(model, images, target, Settings(steps=4, t_star_rule=rule),
+                       return_trajectory=True, **kw)
+
+
+def test_auto_is_the_default_and_uses_the_models_rule(images):
+    from jdm.counterfactual import AUTO_T_STAR, DEFAULT_T_STAR, auto_t_star
+    model = make()
+    assert DEFAULT_T_STAR == "auto" and Settings().t_star == "auto"
     target = torch.tensor([1, 5, 9])
-    kw = dict(guidance=Guidance("classifier", scale=5.0, eta=0.0), steps=4, progress=False)
-    torch.testing.assert_close(counterfactual(model, images, target, **kw),
-                               counterfactual(model, images, target,
-                                              t_star=auto_t_star(model, images, target), **kw))
+    cf = counterfactual(model, images, target, Settings(steps=2), progress=False)
+    assert torch.equal(cf.t_star, auto_t_star(model, images, target, rule=AUTO_T_STAR))
+    assert cf.settings.t_star_rule == AUTO_T_STAR
+    far, rule = far_and_near(model, images)
+    model.defaults = {"auto_t_star": list(rule)}            # as load_pretrained attaches it
+    assert counterfactual(model, images, far, Settings(steps=2), progress=False).t_star.tolist() \
+        == [10, 30, 30] == auto_t_star(model, images, far).tolist()
 
 
-def test_evaluate_counterfactuals_takes_auto_a_tensor_or_an_int(images):
-    """evaluate_counterfactuals resolves t* per image before batching: "auto" gives what the
-    per-image tensor gives, across batch boundaries, and reports the mean t*."""
-    from jdm.counterfactual import auto_t_star
+def test_evaluate_counterfactuals_reads_t_star_and_guidance_from_the_counterfactuals(images):
+    """evaluate_counterfactuals reports the t* each image got (across batch boundaries) and the
+    guidance and settings the counterfactuals ran with, instead of resolving them again."""
+    from jdm.counterfactual import auto_t_star, counterfactual_guidance
     from jdm.evaluate import evaluate_counterfactuals
 
     class Judge:  # stands in for the evaluator: says class 0, embeds the first pixels
@@ -336,14 +403,19 @@ def test_evaluate_counterfactuals_takes_auto_a_tensor_or_an_int(images):
     x = torch.cat([images, images.flip(-1)])
     labels, targets = torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([1, 2, 3, 4, 5, 6])
     real, real_labels = torch.rand(60, 1, 28, 28) * 2 - 1, torch.arange(60) % 10
-    run = lambda t_star: evaluate_counterfactuals(  # noqa: E731
-        model, Judge(), x, labels, targets, real, real_labels, t_star=t_star, steps=3,
-        batch_size=4, progress=False)
+    run = lambda settings: evaluate_counterfactuals(  # noqa: E731
+        model, Judge(), x, labels, targets, real, real_labels, settings=settings,
+        guidance=Guidance("classifier", eta=0.0), batch_size=4, progress=False)
+    auto = run(Settings(steps=3))
     per_image = auto_t_star(model, x, targets)
-    auto, given = run("auto"), run(per_image)
-    assert torch.equal(auto["counterfactuals"], given["counterfactuals"])
+    assert torch.equal(auto["t_star"], per_image)
     assert auto["t_star_mean"] == pytest.approx(per_image.float().mean().item())
-    assert run(10)["t_star_mean"] == 10.0
+    assert auto["guidance"] == counterfactual_guidance(model, Guidance("classifier", eta=0.0))
+    assert auto["settings"] == Settings(steps=3).resolve(model)
+    first = counterfactual(model, x[:4], targets[:4], Settings(steps=3),
+                           Guidance("classifier", eta=0.0), progress=False)
+    torch.testing.assert_close(auto["counterfactuals"][:4], first.images)
+    assert run(Settings(t_star=10, steps=3))["t_star_mean"] == 10.0
     # the judge's verdicts come back too (the judge says 0; label 0 is kept, target 1 never flips)
     assert torch.equal(auto["predictions"], torch.zeros(6, dtype=torch.long))
     assert auto["kept_rate"] == pytest.approx(1 / 6) and auto["flip_rate"] == 0.0

@@ -24,10 +24,11 @@ def make(device) -> JointDiffusion:
 def test_sampling_and_counterfactuals_on_the_test_device(device, kind):
     model = make(device)
     g = torch.Generator().manual_seed(0)  # a CPU generator: the same images on any device
-    x = model.sample(2, labels=torch.tensor([1, 2]), guidance=kind, steps=3, generator=g, progress=False)
+    x = model.sample(2, target=torch.tensor([1, 2]), guidance=kind, steps=3, generator=g, progress=False)
     assert x.device.type == device.type and x.shape == (2, 1, 28, 28)
     cpu_images = torch.rand(2, 1, 28, 28) * 2 - 1
-    x_cf = jdm.counterfactual(model, cpu_images, 3, t_star=10, guidance=kind, steps=2, progress=False)
+    x_cf = jdm.counterfactual(model, cpu_images, 3, jdm.CounterfactualSettings(t_star=10, steps=2), kind,
+                              progress=False).images
     assert x_cf.shape == cpu_images.shape
     logits = model.classify(cpu_images.to(device))
     assert logits.shape == (2, 10) and torch.isfinite(logits).all()
@@ -43,9 +44,9 @@ def test_overview_figure_with_the_model_on_the_test_device(device):
 @pytest.mark.parametrize("kind", ["representation", "representation-x0", "classifier"])
 def test_public_api_on_the_meta_device(kind):
     model = make("meta")
-    x = model.sample(2, labels=torch.tensor([1, 2]), guidance=kind, steps=3, progress=False)
+    x = model.sample(2, target=torch.tensor([1, 2]), guidance=kind, steps=3, progress=False)
     assert x.device.type == "meta" and x.shape == (2, 1, 28, 28)
-    x_cf = jdm.counterfactual(model, torch.rand(2, 1, 28, 28) * 2 - 1, 3, t_star=10, guidance=kind,
-                              steps=2, progress=False)
+    x_cf = jdm.counterfactual(model, torch.rand(2, 1, 28, 28) * 2 - 1, 3,
+                              jdm.CounterfactualSettings(t_star=10, steps=2), kind, progress=False).images
     assert x_cf.device.type == "meta"
     assert model.sample(3, steps=2, progress=False).device.type == "meta"

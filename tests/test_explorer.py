@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import jdm
-from jdm.counterfactual import difference_map
+from jdm.counterfactual import auto_t_star, difference_map
 from jdm.data import load_tensors
 from jdm.evaluator import load_evaluator
 from jdm.explorer import counterfactual_explorer, default_scale, explain
@@ -28,11 +28,14 @@ def test_explain_shows_the_counterfactual_its_difference_and_the_evaluators_verd
     with torch.no_grad():
         verdicts = evaluator(torch.stack([first.x, first.x_cf])).argmax(1).tolist()
     assert [first.before, first.after] == verdicts and first.label == int(y[0])
-    assert first.flipped == (first.after == 5) and first.mean_abs_change > 0
+    assert first.flipped == (first.after == 5) and first.mean_abs_change > 0 and first.t_star == 250
     text = first.verdict()
     assert "Sandal" in text and ("flipped to the target" if first.flipped else "not flipped") in text
     further = explain(model, evaluator, x, y, index=0, target=5, t_star=400, kind="classifier")
     assert not torch.equal(further.x_cf, first.x_cf)                # the controls reach the sampler
+    auto = explain(model, evaluator, x, y, index=0, target=5)       # t* auto: the one it got
+    assert auto.t_star == int(auto_t_star(model, x[:1].to(next(model.parameters()).device), 5))
+    assert f"t* {auto.t_star}" in auto.verdict()
 
 
 def test_explain_refuses_an_index_or_target_out_of_range(setup):
@@ -51,7 +54,7 @@ def test_the_widget_wires_its_controls_to_explain(setup, capsys):
     controls["auto"].value = False
     assert not controls["t_star"].disabled
     controls["kind"].value = "classifier"
-    assert controls["scale"].value == pytest.approx(default_scale("classifier"))
+    assert controls["scale"].value == pytest.approx(default_scale(model, "classifier"))
     controls["index"].value, controls["target"].value = 3, 0
     box.explain()                                                     # what the button does
     expected = explain(model, evaluator, x, y, index=3, target=0, t_star=controls["t_star"].value,

@@ -1,4 +1,4 @@
-"""Tests for the conditional samplers (jdm.sampling), jdm.Guidance and JointDiffusion.sample(labels=…)."""
+"""Tests for the conditional samplers (jdm.sampling), jdm.Guidance and JointDiffusion.sample(target=…)."""
 import dataclasses
 import warnings
 
@@ -60,7 +60,7 @@ def test_paper_sampler_is_the_authors_retain_grad_step():
     model = make()
     x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
     expected = authors_eps(model, x_t, t, target, 7.0)
-    got = representation_guided_eps(model, target, step_size=7.0)(x_t, t)
+    got = representation_guided_eps(model, target, scale=7.0)(x_t, t)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
     via_guidance = guided_eps(model, target, 3, Guidance("representation", scale=7.0))(x_t, t)
     torch.testing.assert_close(via_guidance, expected, rtol=1e-4, atol=1e-6)
@@ -76,7 +76,7 @@ def test_direct_rule_is_the_detached_step():
         _, moved = moved_features(model, x_t, t, target, step)
         with torch.no_grad():
             expected = model.unet.decode(moved, t)
-        got = representation_guided_eps(model, target, step_size=7.0, gradient="direct",
+        got = representation_guided_eps(model, target, scale=7.0, gradient="direct",
                                         direction=direction)(x_t, t)
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
@@ -87,8 +87,8 @@ def test_total_and_direct_rules_agree_on_the_last_map_and_differ_on_the_first_sk
     positions, while the direct one is a constant per channel (the pooled path only)."""
     model = make()
     x_t, t, target = torch.randn(3, 1, 28, 28), torch.full((3,), 25), torch.tensor([1, 4, 7])
-    z, total = representation_step(model, target, x_t, t, step_size=1.0, gradient="total")
-    _, direct = representation_step(model, target, x_t, t, step_size=1.0, gradient="direct")
+    z, total = representation_step(model, target, x_t, t, scale=1.0, gradient="total")
+    _, direct = representation_step(model, target, x_t, t, scale=1.0, gradient="direct")
     torch.testing.assert_close(total.bottleneck, direct.bottleneck, rtol=1e-4, atol=1e-7)
     d_total, d_direct = total.skips[0] - z.skips[0], direct.skips[0] - z.skips[0]
     assert not torch.allclose(d_total, d_direct, rtol=1e-3, atol=1e-7)
@@ -100,7 +100,7 @@ def test_total_and_direct_rules_agree_on_the_last_map_and_differ_on_the_first_sk
 def test_levels_move_only_their_resolution(levels):
     model = make()
     x_t, t, target = torch.randn(2, 1, 28, 28), torch.full((2,), 25), torch.tensor([1, 4])
-    z, moved = representation_step(model, target, x_t, t, step_size=1.0, levels=levels)
+    z, moved = representation_step(model, target, x_t, t, scale=1.0, levels=levels)
     maps, after = [z.bottleneck, *z.skips], [moved.bottleneck, *moved.skips]
     size = {"lowest": min, "highest": max}[levels](m.shape[-1] for m in maps)
     changed = [not torch.equal(a, b) for a, b in zip(maps, after)]
@@ -111,14 +111,14 @@ def test_inner_steps_keep_the_total_derivative_of_the_moved_maps():
     """Two inner steps: the second gradient is taken at the moved maps, still through the graph."""
     model = make()
     x_t, t, target = torch.randn(2, 1, 28, 28), torch.full((2,), 25), torch.tensor([1, 4])
-    z, one = representation_step(model, target, x_t, t, step_size=3.0)
+    z, one = representation_step(model, target, x_t, t, scale=3.0)
     feats = model.unet.encode(x_t, t)
     maps = [feats.bottleneck, *feats.skips]
     first = [a - b for a, b in zip([one.bottleneck, *one.skips], [z.bottleneck, *z.skips])]
     moved = [m + d for m, d in zip(maps, first)]
     loss = torch.nn.CrossEntropyLoss(reduction="sum")(model.head(Features(moved[0], moved[1:])), target)
     second = torch.autograd.grad(loss, maps)
-    _, two = representation_step(model, target, x_t, t, step_size=3.0, inner_steps=2)
+    _, two = representation_step(model, target, x_t, t, scale=3.0, inner_steps=2)
     for got, m, d, g in zip([two.bottleneck, *two.skips], maps, first, second):
         torch.testing.assert_close(got, (m + d + 3.0 * g).detach(), rtol=1e-4, atol=1e-6)
 
@@ -134,7 +134,7 @@ def test_x0_variant_step_moves_towards_the_target(levels):
         for c in range(3):
             target = torch.full((8,), c)
             before = x0_log_prob(model, x_t, t, feats, target)
-            eps_up = representation_x0_guided_eps(model, target, step_size=0.5, levels=levels)(x_t, t)
+            eps_up = representation_x0_guided_eps(model, target, scale=0.5, levels=levels)(x_t, t)
             after = model.classify(model.schedule.predict_x0(x_t, t, eps_up)) \
                 .log_softmax(1).gather(1, target[:, None]).squeeze(1)
             assert (after > before).all(), (c, before, after)
@@ -158,7 +158,7 @@ def test_x0_variant_lowest_level_moves_only_the_lowest_resolution_features():
         z[i] = z[i] + 7.0 * sigma * g
     with torch.no_grad():
         expected = model.unet.decode(Features(z[0], z[1:]), t)
-    got = representation_x0_guided_eps(model, target, step_size=7.0, levels="lowest")(x_t, t)
+    got = representation_x0_guided_eps(model, target, scale=7.0, levels="lowest")(x_t, t)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
@@ -193,7 +193,7 @@ def test_zero_scale_is_unconditional(kind):
 @pytest.mark.parametrize("kind", ["representation", "representation-x0", "classifier"])
 def test_conditional_sampling_shapes_and_determinism(kind):
     model = make()
-    kwargs = dict(labels=torch.tensor([0, 1, 2]), guidance=kind, steps=4, progress=False)
+    kwargs = dict(target=torch.tensor([0, 1, 2]), guidance=kind, steps=4, progress=False)
     a = model.sample(3, generator=torch.Generator().manual_seed(0), **kwargs)
     b = model.sample(3, generator=torch.Generator().manual_seed(0), **kwargs)
     c = model.sample(3, generator=torch.Generator().manual_seed(1), **kwargs)
@@ -214,7 +214,7 @@ def test_guidance_changes_what_the_model_samples(kind):
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     plain = model.sample(16, steps=5, eta=1.0, generator=g(), progress=False)
     # levels="all": this untrained model's lowest-resolution features alone barely move its head
-    guided = model.sample(16, labels=0, guidance=Guidance(kind, scale=1000.0, levels="all"),
+    guided = model.sample(16, target=0, guidance=Guidance(kind, scale=1000.0, levels="all"),
                           steps=5, generator=g(), progress=False)
     plain_share = (model.predict(plain) == 0).float().mean()
     assert plain_share < 0.3
@@ -243,14 +243,14 @@ def test_sample_eta_defaults_follow_the_method():
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     kw = dict(steps=3, progress=False)
     assert torch.equal(model.sample(2, generator=g(), **kw), model.sample(2, eta=0.0, generator=g(), **kw))
-    guided = dict(labels=1, guidance=Guidance("classifier", eta=0.3), **kw)
+    guided = dict(target=1, guidance=Guidance("classifier", eta=0.3), **kw)
     assert torch.equal(model.sample(2, generator=g(), **guided),
                        model.sample(2, eta=0.3, generator=g(), **guided))
     assert not torch.equal(model.sample(2, generator=g(), **guided),
                            model.sample(2, eta=0.0, generator=g(), **guided))
     # Guidance(eta=None), the default: DEFAULT_CONDITIONAL_ETA for samples
     from jdm.sampling import DEFAULT_CONDITIONAL_ETA
-    plain = dict(labels=1, guidance=Guidance("classifier"), **kw)
+    plain = dict(target=1, guidance=Guidance("classifier"), **kw)
     assert Guidance().eta is None
     assert torch.equal(model.sample(2, generator=g(), **plain),
                        model.sample(2, eta=DEFAULT_CONDITIONAL_ETA, generator=g(), **plain))
@@ -271,7 +271,7 @@ def test_classifier_guidance_on_a_clean_only_head_warns():
 def test_bad_targets_are_refused(bad):
     model = make()
     with pytest.raises(ValueError, match="target|labels|class"):
-        model.sample(3, labels=bad, steps=2, progress=False)
+        model.sample(3, target=bad, steps=2, progress=False)
 
 
 @pytest.mark.parametrize("make_bad, match", [
@@ -293,7 +293,7 @@ def test_bad_guidance_arguments(make_bad, match):
 
 def test_sample_refuses_a_bad_guidance_name():
     with pytest.raises(ValueError, match="guidance"):
-        make().sample(2, labels=1, guidance="cfg", steps=2, progress=False)
+        make().sample(2, target=1, guidance="cfg", steps=2, progress=False)
 
 
 def test_check_targets():

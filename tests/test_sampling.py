@@ -72,13 +72,12 @@ def test_steps_none_is_the_methods_default_everywhere():
 
 
 def test_counterfactual_with_ancestral_ddpm_needs_no_steps():
-    from jdm import JointDiffusion, UNet, UNET_PRESETS, counterfactual
+    from jdm import CounterfactualSettings, JointDiffusion, UNet, UNET_PRESETS, counterfactual
 
     torch.manual_seed(0)
     model = JointDiffusion(UNet(UNET_PRESETS["tiny"]), NoiseSchedule(20), noise_aware=True).eval()
     x = torch.rand(2, 1, 28, 28) * 2 - 1
-    assert counterfactual(model, x, 1, t_star=5, method="ddpm", start="noise",
-                          progress=False).shape == x.shape
+    ddpm = CounterfactualSettings(t_star=5, method="ddpm", start="noise")
+    assert counterfactual(model, x, 1, ddpm, progress=False).images.shape == x.shape
     with pytest.raises(ValueError, match="ancestral DDPM"):
-        counterfactual(model, x, 1, t_star=5, method="ddpm", steps=3, start="noise",
-                       progress=False)
+        CounterfactualSettings(t_star=5, method="ddpm", steps=3, start="noise")

@@ -101,7 +101,7 @@ def test_conditional_samples_have_the_requested_class(joint, guidance, minimum):
     0.03 against these labels (chance: 0.1; a sign error gives less). Full-size figures:
     docs/samplers.md and notebook 06."""
     labels = torch.arange(10).repeat(3)
-    x = joint.sample(30, labels=labels, guidance=guidance, steps=10,
+    x = joint.sample(30, target=labels, guidance=guidance, steps=10,
                      generator=torch.Generator().manual_seed(0), progress=False)
     assert (load_evaluator().predict(x) == labels).float().mean() >= minimum
 
@@ -115,7 +115,7 @@ def test_the_paper_sampler_sign_moves_the_images_towards_the_target(explained):
     labels = torch.arange(10).repeat(2)
     agreement = {}
     for direction in ("descent", "ascent"):
-        x = explained.sample(20, labels=labels, steps=10, progress=False,
+        x = explained.sample(20, target=labels, steps=10, progress=False,
                              guidance=jdm.Guidance("representation", direction=direction),
                              generator=torch.Generator().manual_seed(0))
         agreement[direction] = (load_evaluator().predict(x) == labels).float().mean().item()
@@ -128,7 +128,8 @@ def test_counterfactuals_flip_to_the_runner_up(explained, test_images):
     The frontier rows in docs/counterfactuals_gpu.md are the full-size figures."""
     x = test_images[0][:30]
     targets = runner_up_targets(explained, x)
-    x_cf = jdm.counterfactual(explained, x, targets, steps=10, progress=False)
+    x_cf = jdm.counterfactual(explained, x, targets, jdm.CounterfactualSettings(steps=10),
+                              progress=False).images
     # measured when written: 0.93 flipped at mean |Δ| 0.184 (a sign error flips ~0.1)
     assert (load_evaluator().predict(x_cf) == targets).float().mean() >= 0.8
     assert (x_cf - x).abs().mean() < 0.22
@@ -143,7 +144,8 @@ def test_far_targets_get_a_larger_t_star_and_flip(explained, test_images):
     far = other_class_targets(y, 10, torch.Generator().manual_seed(0))
     near = runner_up_targets(explained, x)
     assert auto_t_star(explained, x, far).float().mean() > auto_t_star(explained, x, near).float().mean() + 50
-    x_cf = jdm.counterfactual(explained, x, far, steps=10, progress=False)
+    x_cf = jdm.counterfactual(explained, x, far, jdm.CounterfactualSettings(steps=10),
+                              progress=False).images
     assert (load_evaluator().predict(x_cf) == far).float().mean() >= 0.8
 
 
@@ -154,9 +156,9 @@ def test_ddim_inversion_round_trip_returns_the_image(explained, test_images):
     (notebook 07 §2 has the raw figures too)."""
     x = test_images[0][:16]
     unguided = jdm.Guidance("classifier", scale=0.0, eta=0.0)
-    change = {start: (jdm.counterfactual(explained, x, 0, t_star=275, guidance=unguided, start=start,
-                                         generator=torch.Generator().manual_seed(0),
-                                         progress=False) - x).abs().mean().item()
+    change = {start: (jdm.counterfactual(explained, x, 0, jdm.CounterfactualSettings(t_star=275, start=start),
+                                         unguided, generator=torch.Generator().manual_seed(0),
+                                         progress=False).images - x).abs().mean().item()
               for start in ("inversion", "noise")}
     assert change["inversion"] < 0.02 and change["noise"] > 5 * change["inversion"]
 

@@ -8,7 +8,8 @@ import torch  # noqa: E402
 from jdm.diffusion import DiffusionModel  # noqa: E402
 from jdm.schedule import NoiseSchedule  # noqa: E402
 from jdm.unet import UNET_PRESETS, UNet  # noqa: E402
-from jdm.viz import (THUMBNAIL_INCHES, counterfactual_gallery, demo_figure,  # noqa: E402
+from jdm.viz import (THUMBNAIL_INCHES, ClassifyPanel, ExplainPanel, GeneratePanel,  # noqa: E402
+                     counterfactual_gallery, demo_figure,
                      draw_joint_model_schematic, image_grid, overview_figure, show_images)
 
 
@@ -71,9 +72,11 @@ def test_schematic_names_the_three_parts():
 def test_demo_figure_labels_the_sample_rows(tmp_path):
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     wanted = torch.arange(2).repeat_interleave(2)
-    fig = demo_figure(x, torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 0, 1]), torch.full((4,), 0.9),
-                      x, wanted, x[:2], -x[:2], ["a → b", "b → a"], ["zero", "one"], "acc", "sampler",
-                      "cf", path=tmp_path / "demo.png")
+    fig = demo_figure(ClassifyPanel(x, torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 0, 1]),
+                                    torch.full((4,), 0.9), "acc"),
+                      GeneratePanel(x, wanted, "sampler"),
+                      ExplainPanel(x[:2], -x[:2], ["a → b", "b → a"], "cf"), ["zero", "one"],
+                      path=tmp_path / "demo.png")
     labelled = [[t.get_text() for t in ax.get_yticklabels()] for ax in fig.axes]
     assert ["zero", "one"] in labelled
     titles = [ax.title for ax in fig.axes if ax.get_title().startswith("zero")]

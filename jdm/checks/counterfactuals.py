@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..counterfactual import counterfactual, ddim_invert
+from ..counterfactual import CounterfactualSettings, counterfactual, ddim_invert
 from ..metrics import class_agreement, image_distances
 from ..sampling import Guidance, guided_eps
 from .guidance import tiny_joint_model
@@ -46,7 +46,8 @@ def invert(my_invert) -> int:
 @exercise("Exercise 7.2 — the counterfactual loop")
 def counterfactual_loop(my_counterfactual) -> int:
     """``my_counterfactual(eps_fn, schedule, x, t_star, steps, eta, generator) -> x_cf`` against
-    ``jdm.counterfactual(model, x, target, start="noise", …)`` with the same generator seed."""
+    ``jdm.counterfactual(model, x, target, CounterfactualSettings(start="noise", …))`` with the
+    same generator seed."""
     model = tiny_joint_model()
     T = model.schedule.num_steps
     cases = [  # (n, t*, steps, η, guidance scale)
@@ -65,9 +66,9 @@ def counterfactual_loop(my_counterfactual) -> int:
         got = my_counterfactual(eps_fn, model.schedule, x, t_star, steps, eta,
                                 torch.Generator().manual_seed(k))
         expect_unchanged(before, x, "x")
-        want = counterfactual(model, x, target, t_star=t_star, guidance=guidance, start="noise",
-                              min_change=0.0, steps=steps, generator=torch.Generator().manual_seed(k),
-                              progress=False)
+        settings = CounterfactualSettings(t_star=t_star, start="noise", min_change=0.0, steps=steps)
+        want = counterfactual(model, x, target, settings, guidance,
+                              generator=torch.Generator().manual_seed(k), progress=False).images
         visited = model.schedule.timesteps(steps, start=t_star)
         expect_close(got, want, f"x_cf for a batch of {n}, t*={t_star}, steps={steps} (visiting "
                      f"{visited}, then the clean image), η={eta:g}, guidance scale {scale:g}",

@@ -91,8 +91,8 @@ def _close(a, b, rtol: float = 1e-4, atol: float = 1e-5) -> bool:
 
 @exercise("Exercise 6.1 — the paper's representation step")
 def paper_eps(my_paper_eps) -> int:
-    """``my_paper_eps(model, target, step_size)(x_t, t) -> ε̂`` against
-    ``representation_guided_eps(model, target, step_size=…)`` (the authors' rule: total derivative,
+    """``my_paper_eps(model, target, scale)(x_t, t) -> ε̂`` against
+    ``representation_guided_eps(model, target, scale=…)`` (the authors' rule: total derivative,
     +γ·∇CE) on a tiny model; a mismatch that equals a known mistake is named."""
     model = tiny_joint_model()
     T = model.schedule.num_steps
@@ -105,9 +105,9 @@ def paper_eps(my_paper_eps) -> int:
     for k, (t, target, gamma) in enumerate(cases):
         x_t = _noisy_batch(len(t), seed=k)
         before = x_t.clone()
-        want = representation_guided_eps(model, target, step_size=gamma)(x_t, t)  # before theirs
+        want = representation_guided_eps(model, target, scale=gamma)(x_t, t)  # before theirs
         with reference_blocked(my_paper_eps, *((sampling, name) for name in _PAPER_STEP_REFERENCES)):
-            eps_fn = _call_eps_fn(my_paper_eps, "my_paper_eps(model, target, step_size)", model,
+            eps_fn = _call_eps_fn(my_paper_eps, "my_paper_eps(model, target, scale)", model,
                                   target, gamma)
             got = eps_fn(x_t, t)
         expect_unchanged(before, x_t, "x_t")
