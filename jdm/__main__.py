@@ -31,7 +31,10 @@ from .data import DATASETS
 from .inputs import MAX_BATCH, SEED_LIMIT
 from .outputs import check_output as check_out
 from .outputs import write_atomically
-from .train import RunLock, TrainConfig, TrainingDiverged, TrainingInterrupted
+from .divergence import TrainingDiverged
+from .interrupts import TrainingInterrupted
+from .runlock import RunLock
+from .train import TrainConfig
 from .unet import UNET_PRESETS
 from .utils import get_device
 
@@ -509,7 +512,7 @@ def add_sample(subparsers) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from .train import load_checkpoint_model
+    from .pretrained import load_checkpoint_model
 
     if args.method == "ddpm" and (args.steps is not None or args.eta != 0.0):
         raise ValueError("--steps and --eta only apply to --method ddim; ancestral DDPM visits "
