@@ -84,7 +84,8 @@ class TrainConfig:
         "flag": "--train-steps",  # --steps is the DDIM step count in the sampling commands
         "help": "total optimiser steps of the run (a resumed run continues up to this number)"})
     batch_size: int = field(default=128, metadata={
-        "help": "images per optimiser step (under torchrun: over all ranks), at most the data's"})
+        "help": "images per optimiser step (under torchrun: over all ranks), at most the number "
+                "of training images"})
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (> 0)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (>= 0)"})
     ema_decay: float = field(default=0.9999, metadata={
@@ -112,10 +113,11 @@ class TrainConfig:
     compile: bool | str = field(default=False, metadata={
         "choices": tuple(COMPILE_MODES),
         "help": "torch.compile the loss, forward and backward, as one graph (fullgraph=True): "
-                "False = eager, True = 'default' (inductor), or one of the choices"})
+                "False = eager, True = 'default' (inductor), or one of the choices; the first "
+                "steps pay the compilation"})
     labelled_batch_size: int = field(default=0, metadata={
         "help": "labelled images added to every step, whose batch_size images then train with "
-                "their labels hidden (0 = plain labelled batches)"})
+                "their labels hidden (0 = plain batches)"})
 
     def __post_init__(self) -> None:
         # integers must be ints (steps=2.5 would train past the end and never save the final
