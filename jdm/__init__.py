@@ -13,13 +13,14 @@ if _sys.argv[:1] == ["-m"]:  # `python -m jdm` is starting (argv[0] is "-m" only
 from .classifier import ClassifierHead
 from .counterfactual import CounterfactualSettings, counterfactual, difference_map
 from .diffusion import DiffusionModel, build_model
+from .divergence import TrainingDiverged
 from .encoder_classifier import EncoderClassifier
 from .evaluator import EvaluatorNet
 from .joint import JointDiffusion
-from .pretrained import list_pretrained, load_pretrained
+from .pretrained import list_pretrained, load_checkpoint_model, load_pretrained
 from .sampling import Guidance, eval_mode
 from .schedule import NoiseSchedule
-from .train import TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model
+from .train import TrainConfig, Trainer
 from .unet import UNET_PRESETS, UNet, UNetConfig
 from .utils import get_device, pick, quick_mode, seed_everything, set_quick_mode
 from . import checks  # noqa: E402  the notebooks' exercise checks: jdm.checks.q_sample(my_q_sample)

@@ -74,8 +74,8 @@ def add_field_flags(parser, cls, types: dict | None = None, extra: dict | None =
     its help from ``metadata["help"]`` and its default shown from the field (the flag's own default
     is None, "not given", so ``fields_from_flags`` leaves the field's default in charge).
 
-    ``types`` maps a field to its argparse type (default ``str``; a bool field becomes
-    ``--x/--no-x``); ``metadata`` may also give ``nargs`` and ``metavar``; ``extra`` maps a field
+    ``types`` maps a field to its argparse type (default ``str``; a bool field becomes ``--x``,
+    or ``--x/--no-x`` when it defaults to True); ``metadata`` may also give ``nargs`` and ``metavar``; ``extra`` maps a field
     to more ``add_argument`` keywords; fields in ``skip`` or with ``metadata["cli"] is False`` get
     no flag."""
     types, extra = types or {}, extra or {}
@@ -84,8 +84,9 @@ def add_field_flags(parser, cls, types: dict | None = None, extra: dict | None =
             continue
         shown = "" if f.default in (None, MISSING) else f" (default: {f.default})"
         kwargs = {"dest": f.name, "default": None, "help": f.metadata["help"] + shown}
-        if f.type in (bool, "bool"):
-            kwargs["action"] = argparse.BooleanOptionalAction
+        if f.type in (bool, "bool"):  # --x for a False default, --x/--no-x for a True one
+            kwargs["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+            kwargs["help"] = f.metadata["help"]
         else:
             kwargs.update(type=types.get(f.name, str), choices=f.metadata.get("choices"),
                           **{k: f.metadata[k] for k in ("nargs", "metavar") if k in f.metadata})

@@ -1,4 +1,4 @@
-"""One input check for every public entry point: images and timesteps.
+"""One input check for every public entry point: images, timesteps and the Trainer's data.
 
 jdm's images are float tensors (N, C, H, W) in [-1, 1]. The mistakes a new user makes (images in
 [0, 1] or [0, 255], uint8 or float64 tensors, a single image without its batch dimension, an empty
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["check_images", "check_timesteps", "check_image_range", "check_int", "check_float",
-           "check_generator", "SEED_LIMIT", "MAX_BATCH"]
+           "check_generator", "check_training_inputs", "SEED_LIMIT", "MAX_BATCH"]
 
 SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1: numpy's range; seed * 1_000_003 + epoch fits int64
 MAX_BATCH = 65_536  # images in one request (a batch, a grid): larger is a typo, not a workload
@@ -176,3 +176,32 @@ def check_generator(generator, device: torch.device, name: str = "generator") ->
     if generator.device.type not in ("cpu", torch.device(device).type):
         raise ValueError(f"{name} is on {generator.device} but the model is on {device}: use "
                          "torch.Generator() (CPU) or one on the model's device")
+
+
+def check_training_inputs(model, images: Tensor, labels: Tensor | None, config, eval_fn) -> None:
+    """``jdm.Trainer``'s arguments fit together (``config`` a ``TrainConfig``); each message says
+    what to change."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError("images must be a float tensor of shape (N, C, H, W), got "
+                         f"{tuple(images.shape) if isinstance(images, Tensor) else type(images)}")
+    if labels is not None and (labels.dim() != 1 or labels.shape[0] != images.shape[0]):
+        raise ValueError(f"labels must have shape ({images.shape[0]},) to match the images, "
+                         f"got {tuple(labels.shape)}")
+    if config.batch_size > images.shape[0]:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset "
+                         f"({images.shape[0]} images); lower it or use more data")
+    if config.eval_every and eval_fn is None:
+        raise ValueError(f"eval_every={config.eval_every} but no eval_fn was given")
+    if config.labelled_batch_size and (labels is None or not (labels >= 0).any()):
+        raise ValueError(f"labelled_batch_size={config.labelled_batch_size} needs labels "
+                         "with at least one labelled image (label >= 0; −1 = unlabelled)")
+    for name in ("loss", "spec"):
+        if not callable(getattr(model, name, None)):
+            raise ValueError(f"the model must have a {name}() method (see jdm.diffusion)")
+    if images.shape[0] and images.is_floating_point():
+        check_image_range(images, "training images", strict=True)  # once, not every step
+    classes = getattr(model, "num_classes", None)  # the loss checks labels only on the CPU
+    if labels is not None and labels.numel() and classes is not None and not (
+            int(labels.min()) >= -1 and int(labels.max()) < classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1}, or be −1 for unlabelled "
+                         f"images; got values from {int(labels.min())} to {int(labels.max())}")

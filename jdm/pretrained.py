@@ -6,8 +6,9 @@ A shipped checkpoint is two files in ``data/checkpoints/``:
   "spec": model.spec(), "state_dict": EMA weights}``, floating tensors in half precision (enough
   for inference, half the size);
 * ``NAME.json`` — the manifest: the spec, the training config and steps, wall time, hardware, the
-  exact command that trained it, the sha256 of ``NAME.pt`` and the metrics measured right after
-  training.
+  exact command that trained it, the sha256 of ``NAME.pt``, the metrics measured right after
+  training and, optionally, ``"defaults"``: the settings the model was tuned with (``DEFAULT_KEYS``),
+  which loading attaches to the model as ``model.defaults``.
 
     jdm.list_pretrained()                        # ['ddpm-fmnist-small', ...]
     model = jdm.load_pretrained("ddpm-fmnist-small")
@@ -26,18 +27,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .checkpoint import WEIGHTS_FORMAT, check_checkpoint, json_plain, load_file, read_checkpoint
 from .data import data_dir, sha256
 from .diffusion import MODEL_KINDS, build_model
 from .outputs import write_atomically
-from .train import read_checkpoint
 from .utils import get_device
 
 __all__ = ["checkpoint_dir", "list_pretrained", "list_aliases", "resolve_name", "load_pretrained",
-           "read_manifest", "export_pretrained", "check_export_name", "model_from_weights",
-           "verify_weights"]
+           "load_checkpoint_model", "read_manifest", "export_pretrained", "check_export_name",
+           "check_defaults", "model_from_weights", "verify_weights", "DEFAULT_KEYS"]
 
-WEIGHTS_FORMAT = "jdm-weights"
 ALIASES_FILE = "aliases.json"
+# a manifest's "defaults": key → what its value must be (checked by check_defaults)
+DEFAULT_KEYS = {
+    "auto_t_star": "[base, per_nat, most]: the rule of jdm.counterfactual.auto_t_star, three "
+                   "numbers >= 0 (base and most fractions of T, at most 1)",
+    "counterfactual_scales": "{guidance kind: scale}: counterfactuals' guidance scale (a number "
+                             ">= 0) per kind (representation, representation-x0, classifier)",
+}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -135,7 +142,50 @@ def _manifest_at(path: Path) -> dict:
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}: not a complete manifest; restore it "
                          f"with `git checkout -- {path}` or export the checkpoint again")
+    check_defaults(manifest.get("defaults", {}), path)
     return manifest
+
+
+def check_defaults(defaults, where: str | Path = "defaults") -> dict:
+    """A checkpoint's tuned settings (a manifest's ``"defaults"``), checked: a JSON object whose
+    keys are among ``DEFAULT_KEYS`` and whose values have the types listed there. Returns them
+    as a new plain dict (``auto_t_star`` a tuple of three floats, each scale a float).
+
+    Raises:
+        ValueError: not an object, an unknown key, or a value of the wrong type or range; the
+            message names ``where`` (the manifest) and the key.
+    """
+    from .sampling import GUIDANCE_KINDS
+
+    def bad(key: str, value) -> ValueError:
+        return ValueError(f'{where}: "defaults"["{key}"] must be {DEFAULT_KEYS[key]}; got '
+                          f"{value!r}")
+
+    def number(value) -> bool:  # a finite number >= 0 (JSON has no NaN, but Python callers may)
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < float("inf"))
+
+    if not isinstance(defaults, dict):
+        raise ValueError(f'{where}: "defaults" must be a JSON object (key → setting), got '
+                         f"{type(defaults).__name__} {defaults!r}")
+    unknown = sorted(str(k) for k in defaults if k not in DEFAULT_KEYS)
+    if unknown:
+        raise ValueError(f'{where}: unknown key(s) {", ".join(unknown)} in "defaults"; known: '
+                         f"{', '.join(DEFAULT_KEYS)}")
+    checked = {}
+    if "auto_t_star" in defaults:
+        rule = defaults["auto_t_star"]
+        if not (isinstance(rule, (list, tuple)) and len(rule) == 3 and all(map(number, rule))
+                and rule[0] <= 1 and rule[2] <= 1):
+            raise bad("auto_t_star", rule)
+        checked["auto_t_star"] = tuple(float(v) for v in rule)
+    if "counterfactual_scales" in defaults:
+        scales = defaults["counterfactual_scales"]
+        if not (isinstance(scales, dict) and all(k in GUIDANCE_KINDS and number(v)
+                                                 for k, v in scales.items())):
+            raise bad("counterfactual_scales", scales)
+        checked["counterfactual_scales"] = {k: float(v) for k, v in scales.items()}
+    return checked
 
 
 def verify_weights(path: Path, blob=None) -> dict:
@@ -149,8 +199,6 @@ def verify_weights(path: Path, blob=None) -> dict:
         ValueError: no manifest, another sha256, an unreadable file, or specs that disagree;
             the message names the file and how to restore it.
     """
-    from .train import _json_plain, _load_file
-
     manifest_path = path.with_suffix(".json")
     if not manifest_path.is_file():
         raise ValueError(f"{path} is a jdm weights file without its manifest {manifest_path.name} "
@@ -160,10 +208,10 @@ def verify_weights(path: Path, blob=None) -> dict:
     if sha256(path) != manifest["sha256"]:
         raise ValueError(f"{path} does not match the sha256 in {manifest_path.name}: the file is "
                          f"corrupt or was replaced; restore it with `git checkout -- {path}`")
-    blob = _load_file(path) if blob is None else blob
+    blob = load_file(path) if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a jdm weights file (no format={WEIGHTS_FORMAT!r} entry)")
-    if _json_plain(blob.get("spec")) != _json_plain(manifest["spec"]):
+    if json_plain(blob.get("spec")) != json_plain(manifest["spec"]):
         raise ValueError(f"{manifest_path.name} and {path.name} disagree on the model (manifest "
                          f"spec {manifest['spec']!r}, weights spec {blob.get('spec')!r}): one of "
                          f"them was edited or replaced; restore both with `git checkout -- "
@@ -210,8 +258,51 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.M
     weights file's sha256 must match the manifest: a changed or truncated file is an error.
     """
     name = resolve_name(name)
-    path = checkpoint_dir() / f"{name}.pt"
-    return model_from_weights(verify_weights(path), path, device)
+    return _load_shipped(checkpoint_dir() / f"{name}.pt", device)
+
+
+def _load_shipped(path: Path, device, blob: dict | None = None) -> nn.Module:
+    """The model in shipped weights file ``path`` (``blob``: the file, if already loaded), checked
+    against its manifest, with the manifest's ``"defaults"`` as ``model.defaults``."""
+    model = model_from_weights(verify_weights(path, blob), path, device)
+    manifest_path = path.with_suffix(".json")
+    model.defaults = check_defaults(_manifest_at(manifest_path).get("defaults", {}), manifest_path)
+    return model
+
+
+def load_checkpoint_model(path: str | Path, ema: bool = True,
+                          device: str | torch.device | None = None) -> nn.Module:
+    """Rebuild the model saved in a checkpoint (``build_model(ckpt["spec"])``) in eval mode.
+
+    Args:
+        path: a checkpoint written by ``Trainer`` (e.g. ``runs/x/last.pt``; ``model.defaults`` is
+            then ``{}``), or a shipped weights file (``data/checkpoints/NAME.pt``), which holds EMA
+            weights and gets its manifest's ``"defaults"`` as ``load_pretrained`` does.
+        ema: load the EMA weights (what to sample from) instead of the raw ones.
+        device: where to put the model (default: the CPU).
+
+    Raises:
+        FileNotFoundError / ValueError: as ``jdm.checkpoint.read_checkpoint``; ``ema=False`` on a
+            weights file.
+    """
+    path = Path(path)
+    blob = load_file(path)
+    if isinstance(blob, dict) and blob.get("format") == WEIGHTS_FORMAT:
+        if not ema:
+            raise ValueError(f"{path} is a shipped weights file: it holds only the EMA weights, "
+                             "so there are no raw ones to load (drop --raw / ema=False)")
+        return _load_shipped(path, device, blob)
+    ckpt = check_checkpoint(blob, path)
+    model = build_model(ckpt["spec"])
+    if ema:
+        if "ema" not in ckpt:
+            raise ValueError(f"{path} has no EMA weights; load it with ema=False")
+        state = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k != "n_averaged"}
+    else:
+        state = ckpt["model"]
+    model.load_state_dict(state)
+    model.defaults = {}  # a run's own checkpoint has no tuned settings
+    return model.to(device if device is not None else "cpu").eval()
 
 
 def check_export_name(name: str, kind: str, force: bool = False,
@@ -254,14 +345,18 @@ def check_export_name(name: str, kind: str, force: bool = False,
 
 def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, command: str,
                       hardware: str, folder: str | Path | None = None,
-                      force: bool = False) -> Path:
+                      force: bool = False, defaults: dict | None = None) -> Path:
     """Turn a training checkpoint (``last.pt``) into a shipped ``NAME.pt`` + ``NAME.json``.
 
     Keeps only the EMA weights, in half precision. ``metrics`` are the numbers measured on the
     model right after training; ``command`` and ``hardware`` say how it was trained. An existing
     ``NAME`` is replaced only with ``force`` and only by a model of the same kind
-    (``check_export_name``). Both files are written atomically. Returns the path of ``NAME.pt``.
+    (``check_export_name``). ``defaults``: the settings the model was tuned with, written into
+    the manifest as ``"defaults"`` (``check_defaults``; None writes none). Both files are written
+    atomically. Returns the path of ``NAME.pt``.
     """
+    if defaults is not None:
+        defaults = json_plain(check_defaults(defaults, "export_pretrained(defaults=...)"))
     ckpt = read_checkpoint(run_checkpoint)
     weights = check_export_name(name, ckpt["spec"].get("kind"), force, folder)
     weights.parent.mkdir(parents=True, exist_ok=True)
@@ -284,6 +379,7 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
         "sha256": sha256(weights),
         "size_bytes": weights.stat().st_size,
         "metrics": metrics,
+        **({"defaults": defaults} if defaults is not None else {}),
     }
     write_atomically(weights.with_suffix(".json"),
                       lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))

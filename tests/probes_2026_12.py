@@ -395,7 +395,7 @@ def ctrl_c_sample(tmp: Path) -> str:
 
 # ------------------------------------------------------------------------------ G: the run lock
 def _contend(folder: str, barrier, inside, overlap, rounds: int) -> None:
-    from jdm.train import RunLock
+    from jdm.runlock import RunLock
 
     real_unlink = Path.unlink
 
@@ -470,7 +470,7 @@ def full_disk_in_save(tmp: Path) -> str:
                                      "--out", out], "no space")
     finally:
         shutil.disk_usage = real_usage
-    from jdm.train import read_checkpoint
+    from jdm.checkpoint import read_checkpoint
 
     if read_checkpoint(out / "last.pt")["step"] != 2 or list(out.glob(".*.tmp*")):
         return LOSS

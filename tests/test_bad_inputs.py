@@ -169,7 +169,7 @@ def sigint_cli(tmp: Path) -> str:
     _, err = proc.communicate(timeout=120)
     if "Traceback" in err or proc.returncode in (0, None):
         return RAW if "Traceback" in err else SILENT
-    from jdm.train import read_checkpoint
+    from jdm.checkpoint import read_checkpoint
 
     if not (out / "last.pt").is_file() or read_checkpoint(out / "last.pt")["step"] < 2:
         return LOSS
@@ -177,7 +177,7 @@ def sigint_cli(tmp: Path) -> str:
 
 
 def sigterm_trainer(tmp: Path) -> str:
-    from jdm.train import read_checkpoint
+    from jdm.checkpoint import read_checkpoint
 
     def send(trainer):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -204,7 +204,7 @@ def resume_nothing(tmp: Path) -> str:
 
 
 def time_based_checkpoint(tmp: Path) -> str:
-    from jdm.train import read_checkpoint
+    from jdm.checkpoint import read_checkpoint
 
     seen = []
     trainer = toy_trainer(tmp, steps=3, checkpoint_every=0, checkpoint_minutes=1e-9, eval_every=2,
@@ -268,7 +268,7 @@ def run_checkpoint(tmp: Path) -> Path:
 
 
 def flip_tensor_bytes(tmp: Path) -> str:
-    from jdm.train import read_checkpoint
+    from jdm.checkpoint import read_checkpoint
 
     path = run_checkpoint(tmp)
     weight = torch.load(path, weights_only=True)["model"]["net.1.weight"]
@@ -287,7 +287,7 @@ def nan_checkpoint(tmp: Path, command: str) -> str:
     if command == "resume":
         trainer = toy_trainer(tmp / "run", steps=4)
         return api(lambda: trainer.fit(resume=True), "NaN")
-    from jdm.train import load_checkpoint_model
+    from jdm.pretrained import load_checkpoint_model
 
     return api(lambda: load_checkpoint_model(path), "NaN")
 
@@ -308,7 +308,8 @@ def nan_sample_cli(tmp: Path) -> str:
 # ------------------------------------------------------------------------------ 7: NaN stop
 def exploding_checkpoint(tmp: Path) -> str:
     """Step 4's update blows the weights up (finite, 1e30): checkpoint 4 must not be written."""
-    from jdm.train import TrainingDiverged, read_checkpoint
+    from jdm.checkpoint import read_checkpoint
+    from jdm.divergence import TrainingDiverged
 
     trainer = toy_trainer(tmp, steps=10)
 
@@ -544,7 +545,7 @@ PROBES = [
         ["sample", "--checkpoint", ROOT / "data/checkpoints/ddpm-fmnist-small.pt", "--raw", *BOOT,
          "--out", t / "s.png"], "only the EMA")),
     Probe(11, "read a shipped weights file as a run checkpoint (--resume)", lambda t: api(
-        lambda: __import__("jdm.train").train.read_checkpoint(
+        lambda: __import__("jdm.checkpoint").checkpoint.read_checkpoint(
             ROOT / "data/checkpoints/ddpm-fmnist-small.pt"), "python -m jdm sample")),
     Probe(12, "three processes use Fashion-MNIST for the first time at once",
           concurrent_first_use, HANDLED),

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from jdm.__main__ import build_parser, main
-from jdm.train import read_checkpoint
+from jdm.checkpoint import read_checkpoint
 
 QUICK = ["--config", "tiny", "--limit", "64", "--timesteps", "50", "--batch-size", "16",
          "--samples", "4", "--ddim-steps", "2", "--device", "cpu", "--no-progress",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from jdm.train import read_checkpoint
+from jdm.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 10  # of the reference runs; the interrupted one stops long before (after ~step 2)

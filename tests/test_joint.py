@@ -10,7 +10,9 @@ from jdm.data import load_tensors
 from jdm.diffusion import DiffusionModel, build_model
 from jdm.joint import JointDiffusion, augment_images
 from jdm.schedule import NoiseSchedule
-from jdm.train import TrainConfig, Trainer, load_checkpoint_model, read_checkpoint
+from jdm.checkpoint import read_checkpoint
+from jdm.pretrained import load_checkpoint_model
+from jdm.train import TrainConfig, Trainer
 from jdm.unet import UNET_PRESETS, UNet
 
 

@@ -130,3 +130,54 @@ def test_no_checkpoints_at_all_says_what_a_plain_install_lacks(monkeypatch, tmp_
     monkeypatch.setenv("JDM_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="available: none.*pip install .*JDM_DATA"):
         pretrained.load_pretrained("jdm-fmnist")
+
+
+TUNED = {"auto_t_star": [0.175, 0.025, 0.5],
+         "counterfactual_scales": {"classifier": 300.0, "representation": 300.0}}
+
+
+def test_defaults_travel_with_the_weights(exported, tmp_path):
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    pretrained.export_pretrained(run, "tuned", {}, "pytest", "cpu", defaults=TUNED)
+    assert json.loads((folder / "tuned.json").read_text())["defaults"] == TUNED
+    expected = {"auto_t_star": (0.175, 0.025, 0.5),
+                "counterfactual_scales": {"classifier": 300.0, "representation": 300.0}}
+    assert pretrained.load_pretrained("tuned").defaults == expected
+    assert pretrained.load_checkpoint_model(folder / "tuned.pt").defaults == expected
+    # none in the manifest, or a run's own checkpoint: an empty dict
+    assert "defaults" not in pretrained.read_manifest("toy")
+    assert pretrained.load_pretrained("toy").defaults == {}
+    assert pretrained.load_checkpoint_model(folder / "toy.pt").defaults == {}
+    assert pretrained.load_checkpoint_model(run).defaults == {}
+
+
+@pytest.mark.parametrize("defaults, match", [
+    ([0.1, 0.2, 0.3], "must be a JSON object"),
+    ({"t_star": 200}, "unknown key.*t_star.*known: auto_t_star, counterfactual_scales"),
+    ({"auto_t_star": [0.1, 0.2]}, r'\["auto_t_star"\] must be \[base, per_nat, most\]'),
+    ({"auto_t_star": [0.1, "0.2", 0.5]}, r'\["auto_t_star"\]'),
+    ({"auto_t_star": [1.5, 0.02, 0.5]}, r'\["auto_t_star"\].*at most 1'),
+    ({"auto_t_star": [0.1, True, 0.5]}, r'\["auto_t_star"\]'),
+    ({"counterfactual_scales": {"clasifier": 300.0}}, r'\["counterfactual_scales"\]'),
+    ({"counterfactual_scales": {"classifier": -1.0}}, r'\["counterfactual_scales"\]'),
+    ({"counterfactual_scales": [300.0]}, r'\["counterfactual_scales"\]'),
+])
+def test_bad_defaults_are_refused_naming_the_manifest(exported, tmp_path, defaults, match):
+    path = tmp_path / "checkpoints" / "toy.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "defaults": defaults}))
+    with pytest.raises(ValueError, match=match) as info:
+        pretrained.load_pretrained("toy")
+    assert "toy.json" in str(info.value)
+    with pytest.raises(ValueError, match=match):  # the same check before anything is exported
+        pretrained.export_pretrained(tmp_path / "run" / "last.pt", "other", {}, "pytest", "cpu",
+                                     defaults=defaults)
+    assert not (tmp_path / "checkpoints" / "other.pt").exists()
+
+
+def test_the_shipped_joint_models_carry_the_settings_they_were_tuned_with():
+    scales = {"classifier": 300.0, "representation": 300.0}
+    assert pretrained.load_pretrained("joint-fmnist-small").defaults == {
+        "auto_t_star": (0.175, 0.025, 0.5), "counterfactual_scales": scales}
+    assert pretrained.load_pretrained("joint-fmnist-small-gpu").defaults == {
+        "auto_t_star": (0.15, 0.025, 0.5), "counterfactual_scales": scales}
+    assert pretrained.load_pretrained("ddpm-fmnist-small").defaults == {}

@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jdm.train import (TrainConfig, Trainer, TrainingDiverged, load_checkpoint_model,
-                       read_checkpoint)
+from jdm.checkpoint import read_checkpoint
+from jdm.divergence import TrainingDiverged
+from jdm.pretrained import load_checkpoint_model
+from jdm.train import TrainConfig, Trainer
 
 
 class ToyModel(nn.Module):
@@ -249,7 +251,7 @@ def test_checkpoint_checksum_and_probe_loss(tmp_path):
 def test_signal_saves_and_resume_is_still_exact(tmp_path):
     import signal
 
-    from jdm.train import TrainingInterrupted
+    from jdm.interrupts import TrainingInterrupted
 
     full = make(tmp_path / "full", steps=10)
     full.fit()
@@ -272,7 +274,7 @@ def test_signal_saves_and_resume_is_still_exact(tmp_path):
 def test_run_lock(tmp_path):
     import os
 
-    from jdm.train import RunLock
+    from jdm.runlock import RunLock
 
     with RunLock(tmp_path), RunLock(tmp_path):  # re-entrant within a process
         assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())

@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jdm.train import TrainConfig, Trainer, TrainingDiverged, read_checkpoint
+from jdm.checkpoint import read_checkpoint
+from jdm.divergence import TrainingDiverged
+from jdm.train import TrainConfig, Trainer
 
 
 class CountingModel(nn.Module):
@@ -63,8 +65,8 @@ def test_nan_between_checks_names_its_step_and_spares_the_checkpoint(tmp_path, p
 def test_host_waits_only_at_check_steps(tmp_path, monkeypatch):
     t = make(tmp_path, CountingModel(), steps=12, checkpoint_every=0)
     checked_at = []
-    check = t._check_finite
-    monkeypatch.setattr(t, "_check_finite", lambda: (checked_at.append(t.step), check())[1])
+    check = t._losses.check
+    monkeypatch.setattr(t._losses, "check", lambda *a: (checked_at.append(t.step), check(*a))[1])
     t.fit()
     assert checked_at == [5, 10, 12]  # log steps and the last one (which also saves)
 

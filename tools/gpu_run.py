@@ -396,7 +396,7 @@ def export_runs(run: Run, commands: dict, calib: dict, final: dict) -> dict[str,
     """Export each run's last checkpoint into ``--out`` as half-precision jdm weights, with the
     test metrics the CLI measured at that step (none if the run was stopped before measuring)."""
     from jdm.pretrained import export_pretrained
-    from jdm.train import read_checkpoint
+    from jdm.checkpoint import read_checkpoint
 
     exports = {}
     for name, cmd in commands.items():

@@ -31,7 +31,7 @@ def add_course(subparsers) -> None:
 
 def run_course(args) -> int:
     try:  # nbformat and nbclient: the course or test extra
-        from . import course, grading
+        from .. import course, grading
     except ImportError as err:
         raise ValueError(f"{err}; install the course tools with: pip install -e \".[course]\"") from None
 

@@ -23,8 +23,8 @@ _GUIDANCE_TYPES = {"scale": FINITE, "inner_steps": int_in(1, 1000), "eta": float
 def _add_model_flags(p, what: str) -> None:
     """The settings and sampler flags (generated from ``CounterfactualSettings`` and
     ``Guidance``), the model, the seed and the device."""
-    from .counterfactual import CounterfactualSettings
-    from .sampling import Guidance
+    from ..counterfactual import CounterfactualSettings
+    from ..sampling import Guidance
 
     add_field_flags(p, CounterfactualSettings, _SETTINGS_TYPES,
                     extra={"t_star": {"nargs": "+"}} if what == "evaluate" else None)
@@ -37,8 +37,8 @@ def _add_model_flags(p, what: str) -> None:
 
 
 def _joint_model(args: argparse.Namespace):
-    from .joint import JointDiffusion
-    from .pretrained import load_pretrained
+    from ..joint import JointDiffusion
+    from ..pretrained import load_pretrained
 
     model = load_pretrained(args.model, device=get_device(args.device))
     if not isinstance(model, JointDiffusion):
@@ -87,12 +87,12 @@ def run_explain(args: argparse.Namespace) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from .counterfactual import CounterfactualSettings, counterfactual
-    from .data import CLASS_NAMES, load_tensors
-    from .evaluator import load_evaluator
-    from .metrics import image_distances
-    from .sampling import Guidance
-    from .viz import counterfactual_gallery
+    from ..counterfactual import CounterfactualSettings, counterfactual
+    from ..data import CLASS_NAMES, load_tensors
+    from ..evaluator import load_evaluator
+    from ..metrics import image_distances
+    from ..sampling import Guidance
+    from ..viz import counterfactual_gallery
 
     names = CLASS_NAMES["fashion_mnist"]
     if len(args.target) not in (1, len(args.image_index)):
@@ -109,7 +109,7 @@ def run_explain(args: argparse.Namespace) -> int:
         raise ValueError(f"--image-index must be below {images.shape[0]}, got {bad}")
     x, y = images[args.image_index], labels[args.image_index]
     made = counterfactual(model, x, torch.tensor(targets), settings, guidance,
-                          generator=torch.Generator().manualSEED(args.seed))
+                          generator=torch.Generator().manual_seed(args.seed))
     x_cf = made.images.cpu()
     evaluator = load_evaluator(x_cf.device)
     before, after = evaluator.predict(x).tolist(), evaluator.predict(x_cf).tolist()
@@ -156,12 +156,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_output(args.json, "json", "--json", report_keys=("what", "results"))
     from dataclasses import asdict
 
-    from .counterfactual import CounterfactualSettings
-    from .data import load_tensors
-    from .evaluate import (evaluate_conditional, evaluateCOUNTerfactuals, other_class_targets,
+    from ..counterfactual import CounterfactualSettings
+    from ..data import load_tensors
+    from ..evaluate import (evaluate_conditional, evaluate_counterfactuals, other_class_targets,
                            runner_up_targets)
-    from .evaluator import load_evaluator
-    from .sampling import Guidance
+    from ..evaluator import load_evaluator
+    from ..sampling import Guidance
 
     guidance = fields_from_flags(Guidance, args)
     settings = [fields_from_flags(CounterfactualSettings, args, t_star=t)
@@ -182,9 +182,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"--n must be at most {test_x.shape[0]}, got {args.n}")
         x, y = test_x[:args.n], test_y[:args.n]
         targets = (runner_up_targets(model, x) if args.targets == "runner-up" else
-                   other_class_targets(y, model.num_classes, torch.Generator().manualSEED(args.seed)))
+                   other_class_targets(y, model.num_classes, torch.Generator().manual_seed(args.seed)))
         for each in settings:
-            res = evaluateCOUNTerfactuals(model, evaluator, x, y, targets, test_x, test_y,
+            res = evaluate_counterfactuals(model, evaluator, x, y, targets, test_x, test_y,
                                            settings=each, guidance=guidance, seed=args.seed,
                                            batch_size=args.batch_size, exclude=torch.arange(args.n))
             rows.append({"targets": args.targets, **asdict(res["settings"]),

@@ -39,7 +39,7 @@ def add_sample(subparsers) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    from .pretrained import load_checkpoint_model
+    from ..pretrained import load_checkpoint_model
 
     if args.method == "ddpm" and (args.ddim_steps is not None or args.eta != 0.0):
         raise ValueError("--ddim-steps and --eta only apply to --method ddim; ancestral DDPM "
@@ -59,7 +59,7 @@ def run_sample(args: argparse.Namespace) -> int:
                          f"diffusion steps; use at most {T}")
     steps = (args.ddim_steps or 50) if args.method == "ddim" else None
     images = model.sample(args.n, method=args.method, steps=steps, eta=args.eta,
-                          generator=torch.Generator().manualSEED(args.seed),
+                          generator=torch.Generator().manual_seed(args.seed),
                           progress=not args.no_progress)
     print(f"wrote {save_grid(images.cpu(), args.out)} ({args.n} images, {args.method}, "
           f"{min(steps, T) if steps else T} steps)")
@@ -94,7 +94,7 @@ def add_demo(subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
+    from ..demo import demo
 
     check_output(args.out, "image")
     s = demo(args.model, test_images=args.test_images, samples_per_class=args.samples_per_class,

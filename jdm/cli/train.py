@@ -20,7 +20,7 @@ from ..utils import get_device
 
 _RUN_TYPES = {"limit": POSITIVE, "timesteps": int_in(1, 100_000), "dropout": SHARE,
               "alpha": float_in(0.0), "head_hidden": int_in(1, 16_384), "head_dropout": SHARE,
-              "labels_per_class": POSITIVE, "label_fraction": FINITE, "labelSEED": SEED,
+              "labels_per_class": POSITIVE, "label_fraction": FINITE, "label_seed": SEED,
               "test_limit": POSITIVE, "fd_samples": int_in(0, 10_000), "samples": COUNT,
               "ddim_steps": int_in(1, 100_000)}
 _TRAIN_TYPES = {"steps": POSITIVE, "batch_size": COUNT, "lr": FINITE,
@@ -56,8 +56,8 @@ def run_train(args: argparse.Namespace) -> int:
     ``torchrun`` every rank trains its share and rank 0 holds the lock (``jdm.distributed``)."""
     from contextlib import nullcontext
 
-    from .distributed import init_distributed
-    from .runlock import RunLock
+    from ..distributed import init_distributed
+    from ..runlock import RunLock
 
     check_output(args.out, "folder")
     run = fields_from_flags(RunConfig, args)
@@ -73,9 +73,10 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, run: RunConfig, config: TrainConfig, dist) -> int:
-    from .distributed import RankLost
-    from .recipe import TrainJob
-    from .train import TrainingDiverged, TrainingInterrupted
+    from ..distributed import RankLost
+    from ..recipe import TrainJob
+    from ..divergence import TrainingDiverged
+    from ..interrupts import TrainingInterrupted
 
     launcher = "python -m jdm" if dist is None else dist.launcher()
     job = TrainJob(run, config, args.out, resume=args.resume, device=args.device,
