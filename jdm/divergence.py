@@ -2,7 +2,7 @@
 
     watch = LossWatch()
     watch.add(parts)                 # every step: the loss (and gradient norm) stay on the device
-    watch.check(step, last_saved)    # at logging/checkpoint steps: one sync, TrainingDiverged if bad
+    watch.check(step, last_saved)    # at logging/checkpoint steps: one sync; TrainingDiverged
 
 The error names the first bad step and the last good checkpoint, which is never overwritten by a
 diverged state: before each save the Trainer calls ``probe_loss``, which refuses weights that hold
@@ -81,7 +81,8 @@ def probe_loss(model: nn.Module, ema_model: nn.Module, x: Tensor, y: Tensor | No
     not finite: such weights would diverge on every batch, so they are never saved."""
     with eval_mode(model), \
             torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            torch.autocast(device.type, dtype=torch.bfloat16,
+                           enabled=amp and device.type == "cuda"):
         loss = float(model.loss(x, y)["loss"])
     bad = first_non_finite({"model": model.state_dict(), "ema": ema_model.state_dict()})
     if bad is None and torch.isfinite(torch.tensor(loss)):

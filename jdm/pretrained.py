@@ -7,8 +7,8 @@ A shipped checkpoint is two files in ``data/checkpoints/``:
   for inference, half the size);
 * ``NAME.json`` — the manifest: the spec, the training config and steps, wall time, hardware, the
   exact command that trained it, the sha256 of ``NAME.pt``, the metrics measured right after
-  training and, optionally, ``"defaults"``: the settings the model was tuned with (``DEFAULT_KEYS``),
-  which loading attaches to the model as ``model.defaults``.
+  training and, optionally, ``"defaults"``: the settings the model was tuned with
+  (``DEFAULT_KEYS``), which loading attaches to the model as ``model.defaults``.
 
     jdm.list_pretrained()                        # ['ddpm-fmnist-small', ...]
     model = jdm.load_pretrained("ddpm-fmnist-small")

@@ -108,7 +108,8 @@ class TrainConfig:
     checkpoint_minutes: float = field(default=5.0, metadata={
         "help": "also write OUT/last.pt when this many minutes of training passed since the last "
                 "one (0 = never by time)"})
-    seed: int = field(default=0, metadata={"help": "seeds the global RNG at step 0 and the batches"})
+    seed: int = field(default=0, metadata={
+        "help": "seeds the global RNG at step 0 and the batch order"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast of the forward (CUDA only)"})
     compile: bool | str = field(default=False, metadata={
         "choices": tuple(COMPILE_MODES),
