@@ -372,7 +372,8 @@ def ctrl_c_while_sampling(tmp: Path) -> str:
     argv = ["train", *[a for a in h().TINY if a != "--no-progress"], "--steps", "2", "--samples",
             "64", "--sample-steps", "50", "--out", out]
     proc = jdm_process(argv)
-    if proc.returncode in (0, None) or "Traceback" in interrupt_while_sampling(proc, 0.2):
+    err = interrupt_while_sampling(proc, 0.2)
+    if proc.returncode in (0, None) or "Traceback" in err:
         return RAW
     if not (out / "last.pt").is_file():
         return LOSS
