@@ -89,3 +89,25 @@ def pytest_terminal_summary(terminalreporter, config):
         parts[path.split("/")[0]] += seconds
     terminalreporter.write_line("   total: " + ", ".join(f"{part}/ {seconds:.0f}s"
                                                         for part, seconds in parts.most_common()))
+
+
+# --------------------------------------------------------------------------- pytest-xdist
+# These files start torchrun jobs, whose gloo ranks wait on each other: on a 2-core machine two such
+# jobs at once starve each other past their timeouts (measured: the 2-rank runs of
+# test_distributed.py timed out beside the GPU dry run's three). Under --dist loadfile they are one
+# unit of work, so one worker runs them one after the other.
+TORCHRUN_FILES = ("tests/test_distributed.py", "tests/test_gpu_run.py")
+
+
+@pytest.hookimpl(optionalhook=True)   # a no-op where pytest-xdist is not installed
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneTorchrunFileAtATime(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return TORCHRUN_FILES[0] if scope in TORCHRUN_FILES else scope
+
+    return OneTorchrunFileAtATime(config, log)
