@@ -27,6 +27,17 @@ CLEAR, HANDLED, SILENT, LOSS, RAW = ("clear error", "handled", "silent wrong", "
                                      "raw traceback")
 
 
+# (row id, name, probe, expected outcome) of each probe written as a function: its row stands on it
+ROWS: list[tuple] = []
+
+
+def row(row_id: str, name: str, expected: str):
+    def register(probe):
+        ROWS.append((row_id, name, probe, expected))
+        return probe
+    return register
+
+
 def h():
     """The shared helpers (``api``, ``cli``, ``cli_error``, ``sandbox``, ``TINY``, …)."""
     import test_bad_inputs
@@ -65,6 +76,7 @@ def export_alias_table(tmp: Path, force: bool) -> str:
         return outcome
 
 
+@row("B03", "train --out <data>/checkpoints --export last --force", CLEAR)
 def export_over_last(tmp: Path) -> str:
     with h().sandbox(tmp) as data:
         out = data / "checkpoints"
@@ -74,6 +86,7 @@ def export_over_last(tmp: Path) -> str:
         return LOSS if after != before else outcome
 
 
+@row("B04", "train --export into a read-only folder", CLEAR)
 def export_readonly(tmp: Path) -> str:
     """The export folder refuses writes (a read-only mount; root ignores chmod, so simulated)."""
     real = Path.write_bytes
@@ -93,6 +106,7 @@ SAMPLE = ["sample", "--checkpoint", ROOT / "data/checkpoints/ddpm-fmnist-small.p
           "cpu", "--no-progress"]
 
 
+@row("C14", "demo --ddim-steps 2000 on a T = 1000 model", CLEAR)
 def demo_steps_above_t(tmp: Path) -> str:
     out = tmp / "c14.png"
     outcome = h().cli_error(["demo", "--model", "jdm-fmnist", "--test-images", "20",
@@ -142,6 +156,7 @@ def env_switch(variable: str, read) -> callable:
     return probe
 
 
+@row("D47", "sample with a CUDA generator on a CPU model", CLEAR)
 def foreign_generator(tmp: Path) -> str:
     """A CUDA generator for a CPU model (constructing one needs CUDA, so a stand-in reports it)."""
     fake = mock.create_autospec(torch.Generator, instance=True)
@@ -175,6 +190,7 @@ def counterfactual_01(tmp: Path) -> str:
                                               settings=settings, progress=False), "[0, 1]")
 
 
+@row("D23", "eps with t = 5000 on a T = 50 model", CLEAR)
 def eps_outside_t(tmp: Path) -> str:
     from jdm.diffusion import DiffusionModel
 
@@ -207,6 +223,7 @@ def with_sha(pt: Path, manifest: Path) -> None:
     manifest.write_text(json.dumps(m))
 
 
+@row("E07", "a code-running pickle with a matching sha256", CLEAR)
 def code_pickle(tmp: Path) -> str:
     marker = tmp / "marker"
 
@@ -276,6 +293,7 @@ def no_checksum_no_rng(ckpt: dict) -> dict:
     return ckpt
 
 
+@row("E15", "an incomplete last.pt (sample and --resume)", CLEAR)
 def incomplete(tmp: Path) -> str:
     path = tmp / "run" / "last.pt"
     path.parent.mkdir()
@@ -286,6 +304,7 @@ def incomplete(tmp: Path) -> str:
     return outcomes.pop() if len(outcomes) == 1 else RAW
 
 
+@row("E16", "last.pt is a directory (--resume)", CLEAR)
 def last_pt_directory(tmp: Path) -> str:
     (tmp / "run" / "last.pt").mkdir(parents=True)
     return h().cli_error(["train", *h().TINY, "--train-steps", "1", "--out", tmp / "run", "--resume"],
@@ -323,6 +342,18 @@ def clean_stop(proc: subprocess.Popen) -> tuple[bool, str]:
     return proc.returncode not in (0, None) and "Traceback" not in err, err
 
 
+def interrupt_while_sampling(proc: subprocess.Popen, delay: float) -> str:
+    """SIGINT ``delay`` seconds after the DDIM progress bar shows; the process's whole stderr."""
+    seen = ""
+    while "ddim sampling" not in seen and proc.poll() is None:
+        seen += proc.stderr.read(1)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    return seen + err
+
+
+@row("F08", "two Ctrl-C 20 ms apart during training", HANDLED)
 def double_ctrl_c(tmp: Path) -> str:
     out = tmp / "run"
     proc = jdm_process(["train", *h().TINY, "--train-steps", "100000", "--checkpoint-every", "0",
@@ -335,19 +366,15 @@ def double_ctrl_c(tmp: Path) -> str:
     return HANDLED if ok and "jdm train:" in err and not list(out.glob(".*.tmp*")) else RAW
 
 
+@row("F09", "Ctrl-C while drawing samples.png, then --resume", HANDLED)
 def ctrl_c_while_sampling(tmp: Path) -> str:
     """SIGINT once the samples.png progress bar shows (training is over and saved)."""
     out = tmp / "run"
     argv = ["train", *[a for a in h().TINY if a != "--no-progress"], "--train-steps", "2", "--samples",
             "64", "--ddim-steps", "50", "--out", out]
     proc = jdm_process(argv)
-    seen = ""
-    while "ddim sampling" not in seen and proc.poll() is None:
-        seen += proc.stderr.read(1)
-    time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
-    if proc.returncode in (0, None) or "Traceback" in seen + err:
+    err = interrupt_while_sampling(proc, 0.2)
+    if proc.returncode in (0, None) or "Traceback" in err:
         return RAW
     if not (out / "last.pt").is_file():
         return LOSS
@@ -356,6 +383,7 @@ def ctrl_c_while_sampling(tmp: Path) -> str:
     return HANDLED if status == 0 and (out / "train_log.json").is_file() else RAW
 
 
+@row("F10", "Ctrl-C while jdm starts", HANDLED)
 def ctrl_c_at_start(tmp: Path) -> str:
     proc = jdm_process(["train", *h().TINY, "--train-steps", "2", "--out", tmp / "run"])
     _wait_until_torch_loads(proc)  # jdm's quiet hook is installed before it imports torch
@@ -376,20 +404,16 @@ def _wait_until_torch_loads(proc: subprocess.Popen, limit: float = 60.0) -> None
         time.sleep(0.02)
 
 
+@row("F11", "Ctrl-C during sample", HANDLED)
 def ctrl_c_sample(tmp: Path) -> str:
     """SIGINT once sample's progress bar shows: no traceback, no partial image."""
     out = tmp / "f11.png"
     proc = jdm_process([*[a for a in SAMPLE if a != "--no-progress"], "--n", "64", "--ddim-steps", "200",
                         "--out", out])
-    seen = ""
-    while "ddim sampling" not in seen and proc.poll() is None:
-        seen += proc.stderr.read(1)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    err = interrupt_while_sampling(proc, 0.5)
     if out.exists() or list(tmp.glob(".*.tmp*")):
         return LOSS
-    ok = proc.returncode not in (0, None) and "Traceback" not in seen + err
+    ok = proc.returncode not in (0, None) and "Traceback" not in err
     return HANDLED if ok and "jdm sample:" in err else RAW
 
 
@@ -419,6 +443,7 @@ def _contend(folder: str, barrier, inside, overlap, rounds: int) -> None:
         barrier.wait(timeout=60)
 
 
+@row("G02", "four processes take a stale lock at once", HANDLED)
 def stale_lock_race(tmp: Path, processes: int = 4, rounds: int = 20) -> str:
     """Several processes take a folder whose .lock names a dead process, at the same instant."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -443,6 +468,7 @@ def stale_lock_race(tmp: Path, processes: int = 4, rounds: int = 20) -> str:
     return HANDLED if overlap.value == 1 else SILENT
 
 
+@row("G03", "a lock naming a live process that is not jdm", CLEAR)
 def live_foreign_pid(tmp: Path) -> str:
     out = tmp / "run"
     out.mkdir()
@@ -451,6 +477,7 @@ def live_foreign_pid(tmp: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ H: full disks
+@row("H02", "a full disk inside torch.save", CLEAR)
 def full_disk_in_save(tmp: Path) -> str:
     """torch.save fails as on a full disk (a RuntimeError) at the second checkpoint."""
     real_save, real_usage, calls = torch.save, shutil.disk_usage, []
@@ -477,6 +504,7 @@ def full_disk_in_save(tmp: Path) -> str:
     return outcome
 
 
+@row("H04", "no room to unpack Fashion-MNIST", CLEAR)
 def full_disk_in_cache(tmp: Path) -> str:
     import errno
 
@@ -494,6 +522,7 @@ def full_disk_in_cache(tmp: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ K, M: outputs
+@row("K01", "evaluate --json a shipped manifest", CLEAR)
 def evaluate_over_manifest(tmp: Path) -> str:
     with h().sandbox(tmp) as data:
         manifest = data / "checkpoints" / "joint-fmnist-small-gpu.json"
@@ -503,6 +532,7 @@ def evaluate_over_manifest(tmp: Path) -> str:
         return LOSS if manifest.read_bytes() != before else outcome
 
 
+@row("K02", "course grade --json a directory", CLEAR)
 def grade_json_directory(tmp: Path) -> str:
     start = time.perf_counter()
     outcome = h().cli_error(["course", "grade", ROOT / "notebooks/student/01_forward_process.ipynb",
@@ -510,6 +540,7 @@ def grade_json_directory(tmp: Path) -> str:
     return RAW if outcome == CLEAR and time.perf_counter() - start > 10 else outcome
 
 
+@row("K03", "student editions over the solution notebooks", CLEAR)
 def student_over_solutions(tmp: Path) -> str:
     from jdm import course
 
@@ -522,6 +553,7 @@ def student_over_solutions(tmp: Path) -> str:
     return LOSS if {p.name: p.read_bytes() for p in folder.iterdir()} != before else outcome
 
 
+@row("K04", "a new run over an earlier run's samples and log", CLEAR)
 def earlier_outputs(tmp: Path) -> str:
     out = tmp / "k04"
     out.mkdir()
@@ -534,6 +566,7 @@ def earlier_outputs(tmp: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ L: data cache
+@row("L01", "a .verified.json holding a list", HANDLED)
 def verified_list(tmp: Path) -> str:
     from jdm.data import load_tensors
 
@@ -543,6 +576,7 @@ def verified_list(tmp: Path) -> str:
     return HANDLED if x.shape[0] == 10000 else SILENT
 
 
+@row("L02", "a damaged copy with size and mtime kept", HANDLED)
 def damaged_copy_same_stat(tmp: Path) -> str:
     """Image 0 inverted in the unpacked copy, size and mtime kept (as cp -p / rsync -t do)."""
     from jdm.data import load_tensors
@@ -559,11 +593,12 @@ def damaged_copy_same_stat(tmp: Path) -> str:
 
 # ------------------------------------------------------------------------------ the rows
 def probes():
-    """(row id, name, probe, expected outcome) for every row outside J."""
+    """(row id, name, probe, expected outcome) for every row outside J, in row order: the rows
+    below, whose probes are a line or a call with arguments, and the functions' ``@row``s."""
     cli_error, api = h().cli_error, h().api
     t = lambda *a: a  # noqa: E731
     images = h().images
-    return [
+    return sorted(ROWS + [
         t("A06", "train --alpha inf", lambda d: refused_before_work(
             train(d / "r", "--alpha", "inf", "--model", "joint"), "--alpha", d / "r"), CLEAR),
         t("A08", "train --seed 99999999999999999999", lambda d: cli_error(
@@ -581,8 +616,6 @@ def probes():
             train(d / "r", "--fd-samples", "3"), "--fd-samples", d / "r"), CLEAR),
         t("B01", "train --export aliases", lambda d: export_alias_table(d, False), CLEAR),
         t("B02", "train --export aliases --force", lambda d: export_alias_table(d, True), CLEAR),
-        t("B03", "train --out <data>/checkpoints --export last --force", export_over_last, CLEAR),
-        t("B04", "train --export into a read-only folder", export_readonly, CLEAR),
         t("C02", "sample --seed 99999999999999999999", lambda d: cli_error(
             [*SAMPLE, "--seed", "99999999999999999999", "--out", d / "s.png"], "--seed"), CLEAR),
         t("C03", "sample --n 100000000", lambda d: cli_error(
@@ -596,7 +629,6 @@ def probes():
         t("C11", "explain --scale inf", lambda d: cli_error(
             ["explain", "--image-index", "0", "--target", "1", "--scale", "inf", "--ddim-steps", "2",
              "--t-star", "20", "--device", "cpu", "--out", d / "e.png"], "--scale"), CLEAR),
-        t("C14", "demo --ddim-steps 2000 on a T = 1000 model", demo_steps_above_t, CLEAR),
         t("D09", "predict torchvision-Normalize'd images", predict(normalized, "[-1, 1]"), CLEAR),
         t("D10", "predict x * 2 - 1 of [-1, 1] images", predict(
             lambda: test_images() * 2 - 1, "[-1, 1]"), CLEAR),
@@ -609,7 +641,6 @@ def probes():
         t("D15", "sample steps=5000 on a T = 50 model", lambda d: api(
             lambda: h().tiny_joint().sample(1, steps=5000), "steps"), CLEAR),
         t("D18", "counterfactual of [0, 1] images", counterfactual_01, CLEAR),
-        t("D23", "eps with t = 5000 on a T = 50 model", eps_outside_t, CLEAR),
         t("D25", "TrainConfig(steps=2.5) and steps=5*60000/128", lambda d: (
             train_config(d, steps=2.5) if fractional_steps(d) == CLEAR else SILENT), CLEAR),
         t("D26", "TrainConfig(steps='10')", lambda d: train_config(d, steps="10"), CLEAR),
@@ -627,10 +658,8 @@ def probes():
             lambda: images() * 127.5 + 127.5, "255"), CLEAR),
         t("D46", "evaluator predict of an empty batch", evaluator_input(
             lambda: torch.zeros(0, 1, 28, 28), "empty batch"), CLEAR),
-        t("D47", "sample with a CUDA generator on a CPU model", foreign_generator, CLEAR),
         t("D51", "JDM_SWEEPS junk values", env_switch(
             "JDM_SWEEPS", lambda: __import__("jdm.utils").utils.sweeps_enabled()), CLEAR),
-        t("E07", "a code-running pickle with a matching sha256", code_pickle, CLEAR),
         t("E08", "random bytes with a matching sha256", lambda d: shipped_file(
             d, random_bytes, "load", "ddpm-fmnist-small.pt"), CLEAR),
         t("E10", "a manifest spec that contradicts its .pt", lambda d: shipped_file(
@@ -639,29 +668,13 @@ def probes():
             d, unchecked_ema, "sample", "checksum"), CLEAR),
         t("E14", "a last.pt with version '2'", lambda d: edited_checkpoint(
             d, string_version, "sample", "version"), CLEAR),
-        t("E15", "an incomplete last.pt (sample and --resume)", incomplete, CLEAR),
-        t("E16", "last.pt is a directory (--resume)", last_pt_directory, CLEAR),
         t("E18", "a last.pt without checksum and rng (--resume)", lambda d: edited_checkpoint(
             d, no_checksum_no_rng, "resume", "checksum"), CLEAR),
         t("E19", "sample --checkpoint a shipped file with flipped bytes", lambda d: shipped_file(
             d, flipped_weights, "sample", "sha256"), CLEAR),
-        t("F08", "two Ctrl-C 20 ms apart during training", double_ctrl_c, HANDLED),
-        t("F09", "Ctrl-C while drawing samples.png, then --resume", ctrl_c_while_sampling, HANDLED),
-        t("F10", "Ctrl-C while jdm starts", ctrl_c_at_start, HANDLED),
-        t("F11", "Ctrl-C during sample", ctrl_c_sample, HANDLED),
-        t("G02", "four processes take a stale lock at once", stale_lock_race, HANDLED),
-        t("G03", "a lock naming a live process that is not jdm", live_foreign_pid, CLEAR),
-        t("H02", "a full disk inside torch.save", full_disk_in_save, CLEAR),
-        t("H04", "no room to unpack Fashion-MNIST", full_disk_in_cache, CLEAR),
         t("K00", "evaluate counterfactual --n 1", lambda d: cli_error(
             ["evaluate", "counterfactual", "--n", "1", "--t-star", "10", "--ddim-steps", "1",
              "--json", d / "k.json"], "--n"), CLEAR),
-        t("K01", "evaluate --json a shipped manifest", evaluate_over_manifest, CLEAR),
-        t("K02", "course grade --json a directory", grade_json_directory, CLEAR),
-        t("K03", "student editions over the solution notebooks", student_over_solutions, CLEAR),
-        t("K04", "a new run over an earlier run's samples and log", earlier_outputs, CLEAR),
-        t("L01", "a .verified.json holding a list", verified_list, HANDLED),
-        t("L02", "a damaged copy with size and mtime kept", damaged_copy_same_stat, HANDLED),
         t("M01", "course student --out an unwritable folder", lambda d: cli_error(
             ["course", "student", "--out", "/proc/jdm-student"], "cannot write"), CLEAR),
-    ]
+    ], key=lambda r: r[0])

@@ -160,7 +160,6 @@ def nbgrader_scores(assignment):
                           env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for student in students:   # autograde adds them to the gradebook
-
         shutil.copytree(paths[student].parent, course_dir / "submitted" / student / "a")
     done = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", "a"], cwd=course_dir,
                           env=env, capture_output=True, text=True, timeout=900)
@@ -222,15 +221,20 @@ def test_each_notebook_runs_in_its_own_scratch_folder_and_cannot_rewrite_the_nex
 
 
 # ----------------------------------------------------------------------------- without a kernel
-def test_no_run_trusts_no_stored_execution_count(assignment, tmp_path):
-    """J13: stubs whose check cells claim to have run."""
-    root, _ = assignment
-    nb = course.student_edition(nbformat.read(root / "solutions" / "tiny.ipynb", as_version=4))
+def _graded_as_if_run(nb, root: Path, tmp_path: Path):
+    """``nb`` with every code cell claiming to have run, graded from its stored outputs."""
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.execution_count = 1
     nbformat.write(nb, tmp_path / "tiny.ipynb")
-    report = grading.grade(tmp_path / "tiny.ipynb", run=False, solutions=root / "solutions")
+    return grading.grade(tmp_path / "tiny.ipynb", run=False, solutions=root / "solutions")
+
+
+def test_no_run_trusts_no_stored_execution_count(assignment, tmp_path):
+    """J13: stubs whose check cells claim to have run."""
+    root, _ = assignment
+    nb = course.student_edition(nbformat.read(root / "solutions" / "tiny.ipynb", as_version=4))
+    report = _graded_as_if_run(nb, root, tmp_path)
     assert report.score == 0 and report.max_score == TOTAL
     assert any("a student can edit" in note for note in report.notes)
 
@@ -271,10 +275,6 @@ def test_broken_metadata_in_a_submission_is_no_crash(assignment, tmp_path):
     answer, check = _cell(nb, "ex-a-answer"), _cell(nb, "ex-a")
     answer.metadata["nbgrader"] = "junk"
     check.metadata["nbgrader"]["grade_id"] = ["ex-a"]
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.execution_count = 1
-    nbformat.write(nb, tmp_path / "tiny.ipynb")
-    report = grading.grade(tmp_path / "tiny.ipynb", run=False, solutions=root / "solutions")
+    report = _graded_as_if_run(nb, root, tmp_path)
     assert report.score == 0 and report.max_score == TOTAL
     assert "missing from the submission" in report.results[0].error
