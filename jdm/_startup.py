@@ -2,7 +2,7 @@
 few seconds) ends with one line and a non-zero exit, not a traceback through the imports.
 
 Installed by ``jdm/__init__.py`` only when jdm is started with ``python -m``, so a library user's
-own ``sys.excepthook`` is never touched. Ctrl-C later in a command is handled by ``jdm.__main__``.
+own ``sys.excepthook`` is never touched. Ctrl-C later in a command is handled by ``jdm.cli``.
 """
 from __future__ import annotations
 

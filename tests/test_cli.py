@@ -1,4 +1,4 @@
-"""Tests for the command line (jdm.__main__): help texts, a tiny train → sample run, bad input."""
+"""Tests for the command line (jdm.cli, run as python -m jdm): help texts, a tiny train → sample run, bad input."""
 import argparse
 import json
 import subprocess

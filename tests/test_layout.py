@@ -4,6 +4,7 @@ measurements behind a default live in docs/*.md, not in its docstring)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -63,12 +64,17 @@ def test_no_import_circles():
 
 
 def test_only_the_cli_imports_the_cli():
-    users = [name for name, path in modules().items() if "jdm.__main__" in imports_of(name, path)]
+    """The CLI (``jdm.cli``, run by ``jdm/__main__.py``) parses, calls and prints: the package,
+    the benchmarks, the tools and the notebooks call the package, never the CLI."""
+    cli = {name for name in modules() if name == "jdm.__main__" or name.startswith("jdm.cli.")
+           or name == "jdm.cli"}
+    users = [name for name, path in modules().items()
+             if name not in cli and imports_of(name, path) & cli]
     scripts = [p for folder in ("benchmarks", "tools") for p in (ROOT / folder).rglob("*.py")]
     scripts += list((ROOT / "notebooks").glob("*.ipynb"))
     users += [str(p.relative_to(ROOT)) for p in scripts
-              if "from jdm.__main__ import" in p.read_text()]
-    assert not users, f"these import from jdm.__main__ (use the package instead): {users}"
+              if re.search(r"(from|import) jdm(\.cli\b|\.__main__)", p.read_text())]
+    assert not users, f"these import the CLI (call the package instead): {users}"
 
 
 @pytest.mark.parametrize("name", sorted(modules()))
