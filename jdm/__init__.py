@@ -28,8 +28,8 @@ from . import checks  # noqa: E402  the notebooks' exercise checks: jdm.checks.q
 __version__ = "0.1.0"
 
 __all__ = [
-    "ClassifierHead", "CounterfactualSettings", "DiffusionModel", "EncoderClassifier", "EvaluatorNet", "Guidance",
-    "JointDiffusion", "NoiseSchedule", "TrainConfig", "Trainer", "TrainingDiverged",
+    "ClassifierHead", "CounterfactualSettings", "DiffusionModel", "EncoderClassifier",
+    "EvaluatorNet", "Guidance", "JointDiffusion", "NoiseSchedule", "TrainConfig", "Trainer", "TrainingDiverged",
     "UNET_PRESETS", "UNet", "UNetConfig", "build_model", "load_checkpoint_model",
     "counterfactual", "difference_map", "eval_mode", "get_device", "list_pretrained",
     "load_pretrained", "pick", "quick_mode", "seed_everything", "set_quick_mode", "__version__",

@@ -75,9 +75,9 @@ def add_field_flags(parser, cls, types: dict | None = None, extra: dict | None =
     is None, "not given", so ``fields_from_flags`` leaves the field's default in charge).
 
     ``types`` maps a field to its argparse type (default ``str``; a bool field becomes ``--x``,
-    or ``--x/--no-x`` when it defaults to True); ``metadata`` may also give ``nargs`` and ``metavar``; ``extra`` maps a field
-    to more ``add_argument`` keywords; fields in ``skip`` or with ``metadata["cli"] is False`` get
-    no flag."""
+    or ``--x/--no-x`` when it defaults to True); ``metadata`` may also give ``nargs`` and
+    ``metavar``; ``extra`` maps a field to more ``add_argument`` keywords; fields in ``skip`` or
+    with ``metadata["cli"] is False`` get no flag."""
     types, extra = types or {}, extra or {}
     for f in fields(cls):
         if f.name in skip or f.metadata.get("cli", True) is False:

@@ -27,6 +27,7 @@ from .train import add_train
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
+
 COMMANDS = [add_train, add_sample, add_demo, add_explain, add_evaluate, add_course]
 """Each adds one subcommand."""
 

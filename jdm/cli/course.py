@@ -6,6 +6,7 @@ from pathlib import Path
 from ..cli_types import int_in
 from ..outputs import check_output
 
+
 def add_course(subparsers) -> None:
     p = subparsers.add_parser(
         "course", help="student editions of the notebooks, and a grader that needs no nbgrader",

@@ -15,6 +15,7 @@ from ..cli_types import (COUNT, DEVICE_HELP, FINITE, NON_NEGATIVE, POSITIVE, SEE
 from ..outputs import check_output, write_atomically
 from ..utils import get_device, hardware_string
 
+
 _SETTINGS_TYPES = {"t_star": t_star_value, "keep": FINITE, "min_change": FINITE,
                    "steps": POSITIVE, "t_star_rule": FINITE}
 _GUIDANCE_TYPES = {"scale": FINITE, "inner_steps": int_in(1, 1000), "eta": float_in(0.0)}

@@ -11,6 +11,7 @@ from ..cli_types import COUNT, DEVICE_HELP, POSITIVE, SEED, HelpFormatter, float
 from ..outputs import check_output, save_grid
 from ..utils import get_device
 
+
 def add_sample(subparsers) -> None:
     p = subparsers.add_parser(
         "sample", help="draw images from a trained checkpoint into one grid image",

@@ -18,6 +18,7 @@ from ..recipe import RunConfig
 from ..train import COMPILE_MODES, TrainConfig
 from ..utils import get_device
 
+
 _RUN_TYPES = {"limit": POSITIVE, "timesteps": int_in(1, 100_000), "dropout": SHARE,
               "alpha": float_in(0.0), "head_hidden": int_in(1, 16_384), "head_dropout": SHARE,
               "labels_per_class": POSITIVE, "label_fraction": FINITE, "label_seed": SEED,
