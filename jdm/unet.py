@@ -36,9 +36,8 @@ Presets (``UNET_PRESETS``), parameter counts measured with ``count_parameters``:
 
 (The GPU presets stay under 8.38 M parameters so a half-precision checkpoint fits in 16 MiB.)
 ``fmnist-paper`` is the authors' Fashion-MNIST UNet (64 channels, mults (1, 2, 2), 3 res blocks a
-level, attention at 28² and in the middle, dropout 0.3, GroupNorm 32) as this UNet builds it:
-8.16 M parameters, not their 9.7 M, because this ResBlock adds the time embedding (guided
-diffusion's ``use_scale_shift_norm`` projects it to a scale and a shift, twice the outputs).
+level, attention at 28² and in the middle, dropout 0.3, GroupNorm 32) without their scale-shift
+time conditioning; their 9.7 M also counts their classifier head (docs/paper_unet.md).
 
 Depends on torch and einops only: copy this file into another project and it works.
 """
