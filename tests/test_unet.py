@@ -152,7 +152,8 @@ def test_the_papers_fashion_mnist_unet():
     """fmnist-paper: the authors' hyper-parameters (64 channels, mults (1, 2, 2), 3 res blocks a
     level, attention at 28² and in the middle, dropout 0.3); with this UNet's ResBlock (time
     embedding added, not scale-shift) that is 8,157,633 parameters, 8,507,211 with the joint head
-    (documented in jdm/unet.py; the authors' guided-diffusion network has 9.7 M)."""
+    (docs/paper_unet.md: the authors' UNet has 8.80 M with their scale-shift time conditioning;
+    their 9.7 M counts their classifier head too)."""
     from jdm.joint import JointDiffusion
     from jdm.schedule import NoiseSchedule
 
