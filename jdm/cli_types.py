@@ -90,7 +90,7 @@ def add_field_flags(parser, cls, types: dict | None = None, extra: dict | None =
         else:
             kwargs.update(type=types.get(f.name, str), choices=f.metadata.get("choices"),
                           **{k: f.metadata[k] for k in ("nargs", "metavar") if k in f.metadata})
-        kwargs.update(extra.get(f.name, {}))
+        kwargs.update(extra.get(f.name, {}))  # e.g. a help that says the command line's default
         parser.add_argument(f.metadata.get("flag", "--" + f.name.replace("_", "-")), **kwargs)
 
 

@@ -41,7 +41,10 @@ def add_train(subparsers) -> None:
     add_field_flags(p, RunConfig, _RUN_TYPES)
     add_field_flags(p, TrainConfig, _TRAIN_TYPES, extra={
         "compile": {"nargs": "?", "const": "default", "choices": list(COMPILE_MODES)},
-        "labelled_batch_size": {"metavar": "L"}})
+        "labelled_batch_size": {"metavar": "L", "help": (
+            "joint, classifier: every step = --batch-size images with labels hidden (diffusion "
+            "loss only) + L labelled images, so both models see the same L labelled images a "
+            "step; default: --batch-size under a label budget, else 0 (plain batches)")}})
     p.add_argument("--out", type=Path, required=True,
                    help="output folder for last.pt, samples.png and train_log.json")
     p.add_argument("--resume", action="store_true",
