@@ -30,6 +30,12 @@ def default_scale(model, kind: str) -> float:
     return counterfactual_guidance(model, kind).scale
 
 
+def scale_options(model) -> list[float]:
+    """The explorer's choices of γ or s: 1, 3, 10, … 10⁴ and each sampler's default on ``model``."""
+    grid = {m * 10.0 ** e for e in range(5) for m in (1, 3)} - {3e4}
+    return sorted(grid | {default_scale(model, kind) for kind in GUIDANCE_KINDS})
+
+
 @dataclass
 class Explanation:
     """What one click shows. Images (C, H, W) in [-1, 1]; ``difference`` (H, W) in [-2, 2]."""
@@ -118,8 +124,10 @@ def counterfactual_explorer(model, evaluator, images: Tensor, labels: Tensor, *,
         "t_star": w.IntSlider(value=T // 4, min=T // 20, max=T // 2, step=T // 40, description="t*",
                               disabled=True),
         "kind": w.Dropdown(options=list(GUIDANCE_KINDS), value="representation", description="sampler"),
-        "scale": w.FloatLogSlider(value=default_scale(model, "representation"), base=10, min=0, max=4,
-                                  step=0.25, description="γ or s"),
+        # a selection, not a FloatLogSlider: the browser snaps a slider's value to its grid (300 → 316)
+        # and sends that back, so the first click would not use the sampler's default
+        "scale": w.SelectionSlider(options=[(f"{s:g}", s) for s in scale_options(model)],
+                                   value=default_scale(model, "representation"), description="γ or s"),
     }
     button, out = w.Button(description="Explain", button_style="primary"), w.Output()
     controls["auto"].observe(lambda change: setattr(controls["t_star"], "disabled", change["new"]),

@@ -6,7 +6,8 @@ import jdm
 from jdm.counterfactual import auto_t_star, difference_map
 from jdm.data import load_tensors
 from jdm.evaluator import load_evaluator
-from jdm.explorer import counterfactual_explorer, default_scale, explain
+from jdm.explorer import counterfactual_explorer, default_scale, explain, scale_options
+from jdm.sampling import GUIDANCE_KINDS
 
 pytest.importorskip("ipywidgets", reason="ipywidgets is in the course and test extras")
 
@@ -60,3 +61,16 @@ def test_the_widget_wires_its_controls_to_explain(setup, capsys):
     expected = explain(model, evaluator, x, y, index=3, target=0, t_star=controls["t_star"].value,
                        kind="classifier", scale=controls["scale"].value)
     assert expected.verdict() in capsys.readouterr().out
+
+
+def test_each_samplers_default_scale_is_a_choice_the_browser_keeps(setup):
+    # a FloatLogSlider showed 316 for the default γ = 300 in JupyterLab and sent 316 back (its grid);
+    # a choice among fixed values cannot be rounded (tools/browser_check_explorer.py found it)
+    model, evaluator, x, y = setup
+    box = counterfactual_explorer(model, evaluator, x, y)
+    scale = box.controls["scale"]
+    offered = [value for _, value in scale.options]
+    assert offered == scale_options(model) == sorted(offered) and offered[0] == 1 and offered[-1] == 1e4
+    for kind in GUIDANCE_KINDS:
+        box.controls["kind"].value = kind
+        assert scale.value == default_scale(model, kind) and scale.value in offered
