@@ -23,6 +23,8 @@ EMA update (torch.optim.swa_utils, a foreach lerp) against a per-tensor loop, an
     python benchmarks/bench_train.py --threads 1            # CPU: the table in benchmarks/README.md
     python benchmarks/bench_train.py --threads 1 --variants eager compile --old-rev ''   # compiled vs eager
     python benchmarks/bench_train.py --threads 1 --variants base eager --old-rev '' --base-rev 946d75c
+    python benchmarks/bench_train.py --threads 1 --models joint classifier --variants base eager \
+        --old-rev '' --base-rev 946d75c --labels-per-class 10 --labelled-batch 32   # a label budget
     python benchmarks/bench_train.py --device cuda --config fmnist --batch 256 --steps 20
 """
 from __future__ import annotations
@@ -45,7 +47,7 @@ from types import ModuleType
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 
-from jdm.data import load_tensors
+from jdm.data import hide_labels, label_subset, load_tensors
 from jdm.diffusion import build_model
 from jdm.pretrained import read_manifest
 from jdm.train import TrainConfig, Trainer
@@ -136,13 +138,16 @@ VARIANTS = ("old", "base", "eager", "fp32", "compile", "cudagraphs", "channels_l
 
 
 def make_variants(spec: dict, train: dict, images, labels, device, old, batch: int,
-                  wanted: list[str], base: ModuleType | None = None) -> dict:
+                  wanted: list[str], base: ModuleType | None = None,
+                  labelled_batch: int = 0) -> dict:
     """{variant name: Trainer} for one recipe (those of ``wanted`` that apply to ``device``),
-    each from the same initial weights."""
+    each from the same initial weights; ``labelled_batch`` > 0: steps of a label budget."""
     torch.manual_seed(0)
     model = build_model(spec)
     settings = {k: v for k, v in train.items() if k in TrainConfig.__dataclass_fields__}
     settings.update(batch_size=batch, log_every=10**9, checkpoint_every=0, steps=1)
+    if labelled_batch and spec["kind"] in ("joint", "classifier"):  # a label budget's steps
+        settings["labelled_batch_size"] = labelled_batch
 
     def trainer(module, overrides: dict | None = None, channels_last: bool = False,
                 package: ModuleType | None = None):
@@ -191,7 +196,7 @@ def bench_recipe(kind: str, args, images, labels, device, old) -> dict:
     name, spec, train = recipe(kind, args.config)
     batch = args.batch or train["batch_size"]
     variants = make_variants(spec, train, images, labels, device, old, batch, args.variants,
-                             args.base)
+                             args.base, args.labelled_batch)
     first_call = {}
     for vname, tr in list(variants.items()):  # warm-up: first call pays compilation, caches
         try:
@@ -266,8 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--old-rev", default=OLD_REV, help="git revision of the 'old' Trainer ('' = skip)")
     p.add_argument("--base-rev", default=None, help="git revision of the whole jdm package for "
                    "the 'base' variant (e.g. the branch point, to compare today's code with it)")
+    p.add_argument("--labels-per-class", type=int, default=None, metavar="K",
+                   help="a label budget: keep K labels a class (seed 0), the rest −1")
+    p.add_argument("--labelled-batch", type=int, default=0, metavar="L",
+                   help="with --labels-per-class: joint and classifier steps add L labelled images "
+                        "(TrainConfig.labelled_batch_size), as label_budgets.py trains")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args(argv)
+    if args.labelled_batch and args.labels_per_class is None:
+        p.error("--labelled-batch needs --labels-per-class")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = get_device(args.device)
@@ -279,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no --base-rev (or no git): the 'base' column is skipped", file=sys.stderr)
     images, labels = load_tensors("fashion_mnist", train=True)
     images, labels = images[:args.images], labels[:args.images]
+    if args.labels_per_class is not None:
+        labels = hide_labels(labels, label_subset(labels, per_class=args.labels_per_class))
     start = time.perf_counter()
     rows = []
     for kind in args.models:

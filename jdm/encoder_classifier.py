@@ -81,11 +81,12 @@ class EncoderClassifier(nn.Module):
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         return self.head(self.unet.encode(x, t))
 
-    def loss(self, x0: Tensor, y: Tensor | None = None,
-             rows: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None, rows: Tensor | None = None,
+             labelled_tail: int = 0) -> dict[str, Tensor]:
         """Cross-entropy over the labelled images (y >= 0) of the batch; 0 if there are none.
         ``rows``: compute on these rows only, after augmenting the whole batch (distributed
-        training, see ``DiffusionModel.diffusion_loss``).
+        training, see ``DiffusionModel.diffusion_loss``); ``labelled_tail``: as for
+        ``JointDiffusion.loss``, only the last k rows can carry labels, so only they are classified.
 
         Returns ``{"loss", "classification", "accuracy"}`` (scalars), as the joint model names them.
         """
@@ -98,6 +99,8 @@ class EncoderClassifier(nn.Module):
         labelled = y >= 0
         x = augment_images(x0) if self.augment and self.training else x0
         x, y, labelled = take_rows(rows, x, y, labelled)
+        if labelled_tail:  # the rows before it are unlabelled: no forward pass for them
+            x, y, labelled = x[-labelled_tail:], y[-labelled_tail:], labelled[-labelled_tail:]
         count = labelled.sum().clamp(min=1)
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         logits = self.head(self.unet.encode(x, t))  # classify() without its scale check (a sync)

@@ -178,8 +178,8 @@ class JointDiffusion(DiffusionModel):
         return check_timesteps(t, n, self.schedule.num_steps, device)
 
     # ------------------------------------------------------------------------------ the loss
-    def loss(self, x0: Tensor, y: Tensor | None = None,
-             rows: Tensor | None = None) -> dict[str, Tensor]:
+    def loss(self, x0: Tensor, y: Tensor | None = None, rows: Tensor | None = None,
+             labelled_tail: int = 0) -> dict[str, Tensor]:
         """The joint loss L = L_simple + α · CE (Deja et al. 2023, Sec. 3) and its parts.
 
         Args:
@@ -187,6 +187,9 @@ class JointDiffusion(DiffusionModel):
             y: (N,) integer labels, −1 for unlabelled images; None = no labels at all.
             rows: (M,) long, compute on these rows only, after drawing t, ε and the augmentation
                 for the whole batch (distributed training, see ``DiffusionModel.diffusion_loss``).
+            labelled_tail: k > 0 when only the last k rows (of ``rows``) can carry labels, as in
+                the Trainer's labelled batches: the clean-image CE runs on those alone (a static
+                slice, no sync) instead of on every row with the unlabelled ones masked out.
 
         Returns:
             ``{"loss": L, "diffusion": L_simple, "classification": CE on clean images,
@@ -204,7 +207,6 @@ class JointDiffusion(DiffusionModel):
         noise = torch.randn_like(x0)
         batch = x0  # the whole batch: the augmentation below is drawn for all of it too
         x0, t, noise = take_rows(rows, x0, t, noise)
-        n = x0.shape[0]
         feats = self.unet.encode(self.schedule.q_sample(x0, t, noise), t)
         diffusion = F.mse_loss(self.unet.decode(feats, t), noise)
 
@@ -215,14 +217,16 @@ class JointDiffusion(DiffusionModel):
             # the accuracy; a batch without labels gives 0 (the count is clamped to 1).
             x_c = augment_images(batch) if self.augment and self.training else batch
             x_c, y = take_rows(rows, x_c, y)
-            labelled = y >= 0
+            x_c, y_c = (x_c[-labelled_tail:], y[-labelled_tail:]) if labelled_tail else (x_c, y)
+            labelled = y_c >= 0
             count = labelled.sum().clamp(min=1)
-            logits = self._logits(x_c, self._timesteps(0, n, x0.device))
-            classification = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / count
-            accuracy = ((logits.argmax(1) == y) & labelled).sum() / count
+            logits = self._logits(x_c, self._timesteps(0, x_c.shape[0], x0.device))
+            classification = F.cross_entropy(logits, y_c, ignore_index=-1, reduction="sum") / count
+            accuracy = ((logits.argmax(1) == y_c) & labelled).sum() / count
             if self.noise_aware:
-                # the same features the decoder used: (x_t, t)
-                noisy = F.cross_entropy(self.head(feats), y, ignore_index=-1, reduction="sum") / count
+                # the same features the decoder used, (x_t, t), of every row
+                noisy = (F.cross_entropy(self.head(feats), y, ignore_index=-1, reduction="sum")
+                         / (y >= 0).sum().clamp(min=1))
 
         total = diffusion + self.alpha * (classification + noisy)
         parts = {"loss": total, "diffusion": diffusion, "classification": classification,

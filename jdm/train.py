@@ -33,6 +33,7 @@ import signal
 import sys
 import time
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -202,11 +203,12 @@ class Trainer:
         # swa_utils branches on its update counter (`if n_averaged > 0`) every update: kept on the
         # CPU, that reads host memory instead of waiting for the GPU
         self.ema_model.n_averaged = self.ema_model.n_averaged.cpu()
-        # torch.compile wraps the bound method, so state_dict keys and checkpoints are unchanged
-        self._loss_fn = model.loss
-        if config.compile:
+        tail = config.labelled_batch_size // (distributed.world_size if distributed else 1)
+        # only each rank's last `tail` rows carry labels (rows()): the CE skips the others
+        self._loss_fn = partial(model.loss, labelled_tail=tail) if tail else model.loss
+        if config.compile:  # it wraps the bound method: state_dict keys, checkpoints unchanged
             options = COMPILE_MODES["default" if config.compile is True else config.compile]
-            self._loss_fn = torch.compile(model.loss, fullgraph=True, **options)
+            self._loss_fn = torch.compile(self._loss_fn, fullgraph=True, **options)
         if distributed is not None:  # each rank computes its rows of the global batch
             self._loss_fn = distributed.wrap(model, self._loss_fn, distributed.rows(
                 config.batch_size, config.labelled_batch_size))

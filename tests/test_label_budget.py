@@ -213,3 +213,32 @@ def test_label_budget_commands_run_from_any_checkout():
     for row in json.loads((root / "docs" / "label_budgets.json").read_text())["rows"]:
         argv = shlex.split(row["command"])
         assert argv[argv.index("--out") + 1].startswith("runs/label_budgets/"), row["command"]
+
+
+@pytest.mark.parametrize("kind", ["joint", "classifier"])
+@pytest.mark.parametrize("rows", [None, torch.tensor([2, 3, 4, 5, 8, 9])])  # a rank's share
+def test_a_labelled_tail_gives_the_masked_loss_without_classifying_the_unlabelled(kind, rows):
+    """Labelled batches (``labelled_batch_size``): only the last rows carry labels, so the CE on
+    that slice equals the CE over the whole masked batch, unlabelled rows never classified."""
+    from jdm.joint import JointDiffusion
+    from jdm.schedule import NoiseSchedule
+
+    torch.manual_seed(0)
+    unet = UNet(UNET_PRESETS["tiny"])
+    model = (JointDiffusion(unet, NoiseSchedule(50), noise_aware=True, augment=True, head_dropout=0.0)
+             if kind == "joint" else EncoderClassifier(unet, augment=True, head_dropout=0.0))
+    x = torch.rand(10, 1, 28, 28) * 2 - 1
+    y = torch.tensor([-1] * 6 + [3, 1, 4, 1])  # 6 hidden, then the labelled batch of 4
+    tail = 4 if rows is None else 2  # each of two ranks holds half of each part
+    parts, seen = {}, {}
+    for k in (0, tail):
+        calls = []
+        handle = model.head.register_forward_hook(lambda m, args, out: calls.append(out.shape[0]))
+        torch.manual_seed(1)
+        parts[k], seen[k] = model.loss(x, y, rows=rows, labelled_tail=k), calls
+        handle.remove()
+    for name, value in parts[0].items():
+        assert torch.allclose(value, parts[tail][name], atol=1e-6), name
+    n = 10 if rows is None else 6
+    assert set(seen[0]) == {n} and tail in seen[tail]
+    assert seen[tail].count(n) == (1 if kind == "joint" else 0)  # only the noisy CE sees every row
