@@ -64,11 +64,12 @@ def test_the_whole_joint_loss_compiles_as_one_graph_and_trains_as_eager():
 @pytest.mark.skipif(os.environ.get("JDM_SLOW_TESTS") != "1",
                     reason="inductor's C++ build takes minutes on a CPU: set JDM_SLOW_TESTS=1")
 @pytest.mark.parametrize("kind", ["joint", "ddpm", "classifier"])
-def test_inductor_compiled_step_trains_as_eager(kind, monkeypatch):
+def test_inductor_compiled_step_trains_as_eager(kind):
     torch._dynamo.reset()
-    # inductor's own random numbers differ from eager's; its fallback draws eager's
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    assert_trains_like_eager(kind, True)
+    # inductor's own random numbers differ from eager's; its fallback draws eager's. (Its config
+    # module's own patch: monkeypatch's undo deletes the setting for the next test.)
+    with torch._inductor.config.patch(fallback_random=True):
+        assert_trains_like_eager(kind, True)
 
 
 def test_bad_compile_mode_is_refused():
