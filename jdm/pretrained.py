@@ -8,9 +8,9 @@ A shipped checkpoint is two files in ``data/checkpoints/``:
   ``export_pretrained`` writes above ``COMPRESS_ABOVE``), never both;
 * ``NAME.json`` — the manifest: the spec, the training config and steps, wall time, hardware, the
   exact command that trained it, the sha256 of the weights file as stored (``.pt`` or ``.pt.gz``),
-  the metrics measured right after
-  training and, optionally, ``"defaults"``: the settings the model was tuned with
-  (``DEFAULT_KEYS``), which loading attaches to the model as ``model.defaults``.
+  the metrics measured right after training and, optionally, ``"defaults"``: the settings the
+  model was tuned with (``DEFAULT_KEYS``), which loading attaches to the model as
+  ``model.defaults``.
 
     jdm.list_pretrained()                        # ['ddpm-fmnist-small', ...]
     model = jdm.load_pretrained("ddpm-fmnist-small")
