@@ -4,11 +4,13 @@ A shipped checkpoint is two files in ``data/checkpoints/``:
 
 * ``NAME.pt`` — plain data for ``torch.load(weights_only=True)``: ``{"format": "jdm-weights",
   "spec": model.spec(), "state_dict": EMA weights}``, floating tensors in half precision (enough
-  for inference, half the size);
+  for inference, half the size); or the same bytes gzipped as ``NAME.pt.gz`` (what
+  ``export_pretrained`` writes above ``COMPRESS_ABOVE``), never both;
 * ``NAME.json`` — the manifest: the spec, the training config and steps, wall time, hardware, the
-  exact command that trained it, the sha256 of ``NAME.pt``, the metrics measured right after
-  training and, optionally, ``"defaults"``: the settings the model was tuned with
-  (``DEFAULT_KEYS``), which loading attaches to the model as ``model.defaults``.
+  exact command that trained it, the sha256 of the weights file as stored (``.pt`` or ``.pt.gz``),
+  the metrics measured right after training and, optionally, ``"defaults"``: the settings the
+  model was tuned with (``DEFAULT_KEYS``), which loading attaches to the model as
+  ``model.defaults``.
 
     jdm.list_pretrained()                        # ['ddpm-fmnist-small', ...]
     model = jdm.load_pretrained("ddpm-fmnist-small")
@@ -20,8 +22,11 @@ never overwrites a shipped checkpoint without ``force`` and never with another k
 """
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import re
+import zlib
 from pathlib import Path
 
 import torch
@@ -35,7 +40,8 @@ from .utils import get_device
 
 __all__ = ["checkpoint_dir", "list_pretrained", "list_aliases", "resolve_name", "load_pretrained",
            "load_checkpoint_model", "read_manifest", "export_pretrained", "check_export_name",
-           "check_defaults", "model_from_weights", "verify_weights", "DEFAULT_KEYS"]
+           "check_defaults", "model_from_weights", "verify_weights", "manifest_path",
+           "DEFAULT_KEYS", "COMPRESS_ABOVE"]
 
 ALIASES_FILE = "aliases.json"
 # a manifest's "defaults": key → what its value must be (checked by check_defaults)
@@ -46,6 +52,10 @@ DEFAULT_KEYS = {
                              ">= 0) per kind (representation, representation-x0, classifier)",
 }
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+WEIGHTS_SUFFIXES = (".pt", ".pt.gz")  # a shipped weights file, plain or gzipped
+# export gzips half-precision weights bigger than this: a file over 16 MiB does not come back from
+# the GPU machine (tools/gpu_run.py), and the 1 MiB margin keeps a model near the limit shippable
+COMPRESS_ABOVE = 15 * 2**20
 
 
 def checkpoint_dir() -> Path:
@@ -54,10 +64,25 @@ def checkpoint_dir() -> Path:
 
 
 def list_pretrained() -> list[str]:
-    """Names of the shipped checkpoints (those with both ``NAME.pt`` and ``NAME.json``); the
-    short stable names that point at them are ``list_aliases()``."""
+    """Names of the shipped checkpoints (those with ``NAME.json`` and ``NAME.pt`` or
+    ``NAME.pt.gz``); the short stable names that point at them are ``list_aliases()``."""
     folder = checkpoint_dir()
-    return sorted(p.stem for p in folder.glob("*.json") if p.with_suffix(".pt").is_file())
+    return sorted(p.stem for p in folder.glob("*.json") if _weights_files(folder, p.stem))
+
+
+def _weights_files(folder: Path, name: str) -> list[Path]:
+    """The weights files of ``name`` in ``folder``: ``NAME.pt`` and/or ``NAME.pt.gz`` (a
+    shipped checkpoint has exactly one; ``verify_weights`` refuses both)."""
+    return [folder / f"{name}{suffix}" for suffix in WEIGHTS_SUFFIXES
+            if (folder / f"{name}{suffix}").exists()]
+
+
+def manifest_path(weights: str | Path) -> Path:
+    """The manifest beside a weights file: ``NAME.json`` for ``NAME.pt`` and ``NAME.pt.gz``."""
+    weights = Path(weights)
+    stem = next((weights.name.removesuffix(s) for s in reversed(WEIGHTS_SUFFIXES)
+                 if weights.name.endswith(s)), weights.stem)
+    return weights.with_name(f"{stem}.json")
 
 
 def list_aliases() -> dict[str, str]:
@@ -103,10 +128,11 @@ NO_CHECKPOINTS_HINT = (
     "from a checkout with `pip install -e .` (notebooks/README.md, 'Installing for a class')")
 
 
-def _existing_kind(weights: Path, manifest: Path) -> str:
-    """The model kind of an existing export pair, or a description of what else is there (files
-    that are not a complete weights + manifest pair are never replaced)."""
-    if not (weights.is_file() and manifest.is_file()):
+def _existing_kind(weights: list[Path], manifest: Path) -> str:
+    """The model kind of an existing export (``weights``: its weights files), or a description
+    of what else is there (files that are not a complete weights + manifest pair are never
+    replaced)."""
+    if not (any(p.is_file() for p in weights) and manifest.is_file()):
         return "incomplete (not a weights file + manifest pair)"
     try:
         spec = _manifest_at(manifest)["spec"]
@@ -189,34 +215,59 @@ def check_defaults(defaults, where: str | Path = "defaults") -> dict:
 
 
 def verify_weights(path: Path, blob=None) -> dict:
-    """The one check of a shipped weights file ``NAME.pt`` against its manifest ``NAME.json``
-    beside it, for every way of loading one (``load_pretrained``, ``sample --checkpoint``):
-    the manifest must exist, its sha256 match the file's bytes (checked before the file is
-    unpickled when ``blob`` is None), the file load with ``weights_only=True``, and its spec
-    equal the manifest's. Returns the loaded file (``blob`` if given).
+    """The one check of a shipped weights file ``NAME.pt`` or ``NAME.pt.gz`` against its
+    manifest ``NAME.json`` beside it, for every way of loading one (``load_pretrained``,
+    ``sample --checkpoint``): the manifest must exist and no second weights file of that name
+    (``.pt`` beside ``.pt.gz``), its sha256 match the file's bytes as stored (checked before the
+    file is unpacked or unpickled when ``blob`` is None), the file (decompressed) load with
+    ``weights_only=True``, and its spec equal the manifest's. Returns the loaded file (``blob`` if
+    given).
 
     Raises:
-        ValueError: no manifest, another sha256, an unreadable file, or specs that disagree;
-            the message names the file and how to restore it.
+        ValueError: no manifest, two weights files, another sha256, an unreadable file, or specs
+            that disagree; the message names the file and how to restore it.
     """
-    manifest_path = path.with_suffix(".json")
-    if not manifest_path.is_file():
-        raise ValueError(f"{path} is a jdm weights file without its manifest {manifest_path.name} "
+    manifest_file = manifest_path(path)
+    if not manifest_file.is_file():
+        raise ValueError(f"{path} is a jdm weights file without its manifest {manifest_file.name} "
                          "beside it, so its sha256 cannot be checked; restore both files (`git "
                          "checkout -- data/checkpoints`) or export the run again")
-    manifest = _manifest_at(manifest_path)
+    both = _weights_files(path.parent, manifest_file.stem)
+    if len(both) > 1:
+        raise ValueError(f"{' and '.join(p.name for p in both)} are both in {path.parent}: one "
+                         f"manifest ({manifest_file.name}) vouches for one weights file; delete the "
+                         "one whose sha256 it does not hold")
+    manifest = _manifest_at(manifest_file)
     if sha256(path) != manifest["sha256"]:
-        raise ValueError(f"{path} does not match the sha256 in {manifest_path.name}: the file is "
+        raise ValueError(f"{path} does not match the sha256 in {manifest_file.name}: the file is "
                          f"corrupt or was replaced; restore it with `git checkout -- {path}`")
-    blob = load_file(path) if blob is None else blob
+    blob = _read_weights(path) if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a jdm weights file (no format={WEIGHTS_FORMAT!r} entry)")
     if json_plain(blob.get("spec")) != json_plain(manifest["spec"]):
-        raise ValueError(f"{manifest_path.name} and {path.name} disagree on the model (manifest "
+        raise ValueError(f"{manifest_file.name} and {path.name} disagree on the model (manifest "
                          f"spec {manifest['spec']!r}, weights spec {blob.get('spec')!r}): one of "
                          f"them was edited or replaced; restore both with `git checkout -- "
                          f"{path.parent}`")
     return blob
+
+
+def _read_weights(path: Path):
+    """``torch.load(weights_only=True)`` of a weights file, gunzipped in memory first if it is a
+    ``.gz``; a file that does not unpack is a ``ValueError`` naming it."""
+    if not path.name.endswith(".gz"):
+        return load_file(path)
+    try:
+        data = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; EOF: truncated
+        raise ValueError(f"{path} is not a readable gzip file ({type(err).__name__}: {err}); "
+                         f"restore it with `git checkout -- {path}` or export it again") from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # as load_file: garbage or pickled code both mean "unusable"
+        raise ValueError(f"{path} unpacks to something that is not a jdm weights file "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                         ) from err
 
 
 def untrained_prefixes(spec: dict) -> tuple[str, ...]:
@@ -258,15 +309,15 @@ def load_pretrained(name: str, device: torch.device | str | None = None) -> nn.M
     weights file's sha256 must match the manifest: a changed or truncated file is an error.
     """
     name = resolve_name(name)
-    return _load_shipped(checkpoint_dir() / f"{name}.pt", device)
+    return _load_shipped(_weights_files(checkpoint_dir(), name)[0], device)
 
 
 def _load_shipped(path: Path, device, blob: dict | None = None) -> nn.Module:
     """The model in shipped weights file ``path`` (``blob``: the file, if already loaded), checked
     against its manifest, with the manifest's ``"defaults"`` as ``model.defaults``."""
     model = model_from_weights(verify_weights(path, blob), path, device)
-    manifest_path = path.with_suffix(".json")
-    model.defaults = check_defaults(_manifest_at(manifest_path).get("defaults", {}), manifest_path)
+    manifest_file = manifest_path(path)
+    model.defaults = check_defaults(_manifest_at(manifest_file).get("defaults", {}), manifest_file)
     return model
 
 
@@ -276,8 +327,9 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
 
     Args:
         path: a checkpoint written by ``Trainer`` (e.g. ``runs/x/last.pt``; ``model.defaults`` is
-            then ``{}``), or a shipped weights file (``data/checkpoints/NAME.pt``), which holds EMA
-            weights and gets its manifest's ``"defaults"`` as ``load_pretrained`` does.
+            then ``{}``), or a shipped weights file (``data/checkpoints/NAME.pt`` or
+            ``NAME.pt.gz``), which holds EMA weights and gets its manifest's ``"defaults"`` as
+            ``load_pretrained`` does.
         ema: load the EMA weights (what to sample from) instead of the raw ones.
         device: where to put the model (default: the CPU).
 
@@ -286,8 +338,10 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
             weights file.
     """
     path = Path(path)
-    blob = load_file(path)
-    if isinstance(blob, dict) and blob.get("format") == WEIGHTS_FORMAT:
+    # only shipped weights are gzipped: those are checked against their manifest before unpacking
+    gzipped = path.name.endswith(".gz") and path.is_file()
+    blob = None if gzipped else load_file(path)
+    if gzipped or (isinstance(blob, dict) and blob.get("format") == WEIGHTS_FORMAT):
         if not ema:
             raise ValueError(f"{path} is a shipped weights file: it holds only the EMA weights, "
                              "so there are no raw ones to load (drop --raw / ema=False)")
@@ -307,67 +361,82 @@ def load_checkpoint_model(path: str | Path, ema: bool = True,
 
 def check_export_name(name: str, kind: str, force: bool = False,
                       folder: str | Path | None = None) -> Path:
-    """Where ``export_pretrained`` would write ``name`` (``folder/NAME.pt``), if it may.
+    """The folder ``export_pretrained`` would write ``name`` into (``NAME.pt`` or
+    ``NAME.pt.gz``, and ``NAME.json``), if it may.
 
     Call it before training, so a run is never refused only at its end.
 
     Raises:
         ValueError: ``name`` is not a plain name (letters, digits, ``.``, ``_``, ``-``; no path),
-            is an alias, or is an existing checkpoint and ``force`` is False, or is an existing
-            checkpoint of another kind than ``kind`` (never replaced, even with ``force``).
+            is an alias, or is an existing checkpoint (``NAME.pt`` or ``NAME.pt.gz``) and
+            ``force`` is False, or is an existing checkpoint of another kind than ``kind`` (never
+            replaced, even with ``force``).
     """
-    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or name.endswith(".pt"):
+    if (not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name)
+            or name.endswith((".pt", ".gz"))):
         raise ValueError(f"export name {name!r} must be a plain name such as 'joint-fmnist-large' "
-                         "(letters, digits, '.', '_', '-'; no folders, no .pt)")
+                         "(letters, digits, '.', '_', '-'; no folders, no .pt or .pt.gz)")
     folder = Path(folder) if folder is not None else checkpoint_dir()
     aliases = list_aliases() if folder == checkpoint_dir() else {}
     if name in aliases:
         raise ValueError(f"{name!r} is an alias of {aliases[name]!r}; export under a real name "
                          "and point the alias at it in aliases.json")
-    weights, manifest = folder / f"{name}.pt", folder / f"{name}.json"
+    weights, manifest = _weights_files(folder, name), folder / f"{name}.json"
     if manifest.name == ALIASES_FILE:
         raise ValueError(f"export name {name!r} would write {manifest}, the alias table "
                          "(aliases.json), which an export never replaces: choose another name")
-    if weights.exists() or manifest.exists():
-        old = _existing_kind(weights, manifest)
+    if weights or manifest.exists():
+        old, there = _existing_kind(weights, manifest), (weights or [manifest])[0]
         if old != kind:
-            raise ValueError(f"{weights} is a shipped {old!r} checkpoint; a {kind!r} model "
+            raise ValueError(f"{there} is a shipped {old!r} checkpoint; a {kind!r} model "
                              f"never replaces it (nor a file that is not a checkpoint, e.g. "
                              f"{ALIASES_FILE}): export under another name")
         if not force:
-            raise ValueError(f"{weights} already exists (a shipped {kind!r} checkpoint); pass "
+            raise ValueError(f"{there} already exists (a shipped {kind!r} checkpoint); pass "
                              "--force (force=True) to replace it, or export under another name")
     from .outputs import check_writable
 
     check_writable(folder, "--export", need_bytes=16 << 20)  # before training, not after it
-    return weights
+    return folder
 
 
 def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, command: str,
                       hardware: str, folder: str | Path | None = None,
-                      force: bool = False, defaults: dict | None = None) -> Path:
-    """Turn a training checkpoint (``last.pt``) into a shipped ``NAME.pt`` + ``NAME.json``.
+                      force: bool = False, defaults: dict | None = None,
+                      compress: bool | None = None) -> Path:
+    """Turn a training checkpoint (``last.pt``) into a shipped ``NAME.pt`` (or ``NAME.pt.gz``)
+    + ``NAME.json``.
 
     Keeps only the EMA weights, in half precision. ``metrics`` are the numbers measured on the
     model right after training; ``command`` and ``hardware`` say how it was trained. An existing
     ``NAME`` is replaced only with ``force`` and only by a model of the same kind
     (``check_export_name``). ``defaults``: the settings the model was tuned with, written into
-    the manifest as ``"defaults"`` (``check_defaults``; None writes none). Both files are written
-    atomically. Returns the path of ``NAME.pt``.
+    the manifest as ``"defaults"`` (``check_defaults``; None writes none). ``compress``: gzip the
+    weights into ``NAME.pt.gz`` (None: when they are over ``COMPRESS_ABOVE`` bytes); the manifest's
+    sha256 is then the .gz file's. The same checkpoint always gives the same bytes. Both files are
+    written atomically. Returns the path of the weights file; its manifest is
+    ``manifest_path(weights)``.
     """
     if defaults is not None:
         defaults = json_plain(check_defaults(defaults, "export_pretrained(defaults=...)"))
     ckpt = read_checkpoint(run_checkpoint)
-    weights = check_export_name(name, ckpt["spec"].get("kind"), force, folder)
-    weights.parent.mkdir(parents=True, exist_ok=True)
+    folder = check_export_name(name, ckpt["spec"].get("kind"), force, folder)
+    folder.mkdir(parents=True, exist_ok=True)
     # AveragedModel keys look like "module.unet…" plus "n_averaged": keep the module's own weights,
     # less any part the model never trains (the classifier baseline's decoder)
     untrained = untrained_prefixes(ckpt["spec"])
     state = {k.removeprefix("module."): v.half() if v.is_floating_point() else v
              for k, v in ckpt["ema"].items()
              if k.startswith("module.") and not k.removeprefix("module.").startswith(untrained)}
-    blob = {"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}
-    write_atomically(weights, lambda tmp: torch.save(blob, tmp))
+    buffer = io.BytesIO()  # not a file: torch.save names the archive after the (temporary) file
+    torch.save({"format": WEIGHTS_FORMAT, "spec": ckpt["spec"], "state_dict": state}, buffer)
+    data = buffer.getvalue()
+    if compress is None:
+        compress = len(data) > COMPRESS_ABOVE
+    if compress:  # mtime=0 and no file name in the header: the same weights, the same sha256
+        data = gzip.compress(data, compresslevel=9, mtime=0)
+    weights = folder / f"{name}{WEIGHTS_SUFFIXES[1] if compress else WEIGHTS_SUFFIXES[0]}"
+    write_atomically(weights, lambda tmp: tmp.write_bytes(data))
     manifest = {
         "name": name,
         "spec": ckpt["spec"],
@@ -376,11 +445,14 @@ def export_pretrained(run_checkpoint: str | Path, name: str, metrics: dict, comm
         "train_seconds": round(float(ckpt.get("train_seconds", 0.0)), 1),
         "hardware": hardware,
         "command": command,
-        "sha256": sha256(weights),
+        "sha256": sha256(weights),  # of the file as stored: the .gz when compressed
         "size_bytes": weights.stat().st_size,
         "metrics": metrics,
         **({"defaults": defaults} if defaults is not None else {}),
     }
-    write_atomically(weights.with_suffix(".json"),
-                      lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    write_atomically(manifest_path(weights),
+                     lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
+    for other in _weights_files(folder, name):  # a forced export in the other format replaced it
+        if other != weights:
+            other.unlink()
     return weights

@@ -295,13 +295,13 @@ class TrainJob:
         written.append(write_atomically(self.out / "train_log.json", lambda tmp: tmp.write_text(
             json.dumps(log, indent=1) + "\n")))
         if self.run.export:
-            from .pretrained import export_pretrained
+            from .pretrained import export_pretrained, manifest_path
 
             last = self.history[-1] if self.history else {}
             shipped = {**metrics, "final_train_loss": round(last["loss"], 5)} if last else metrics
             weights = export_pretrained(self.checkpoint, self.run.export, shipped, self.command,
                                         hardware_string(self.device), force=self.run.force)
-            written += [weights, weights.with_suffix(".json")]
+            written += [weights, manifest_path(weights)]
         return {**log, "written": [str(p) for p in written]}
 
 

@@ -1,5 +1,7 @@
 """Tests for jdm.pretrained: export a run, list it, load it, refuse a tampered file."""
+import gzip
 import json
+import shutil
 
 import pytest
 import torch
@@ -108,7 +110,7 @@ def test_export_guard(exported, tmp_path):
     manifest.write_text(manifest.read_text().replace('"kind": "ddpm"', '"kind": "joint"'))
     with pytest.raises(ValueError, match="shipped 'joint' checkpoint; a 'ddpm' model never"):
         pretrained.export_pretrained(run, "toy", {}, "pytest", "cpu", force=True)
-    for bad in ["../../x", "a/b", "", ".hidden", "x.pt"]:
+    for bad in ["../../x", "a/b", "", ".hidden", "x.pt", "x.pt.gz"]:
         with pytest.raises(ValueError, match="plain name"):
             pretrained.export_pretrained(run, bad, {}, "pytest", "cpu")
     assert (tmp_path / "checkpoints" / "toy.pt").read_bytes() == before
@@ -181,3 +183,107 @@ def test_the_shipped_joint_models_carry_the_settings_they_were_tuned_with():
     assert pretrained.load_pretrained("joint-fmnist-small-gpu").defaults == {
         "auto_t_star": (0.15, 0.025, 0.5), "counterfactual_scales": scales}
     assert pretrained.load_pretrained("ddpm-fmnist-small").defaults == {}
+
+
+# --- gzipped weights (NAME.pt.gz): how a paper-scale model fits (docs/gpu_runs.md) ---------------
+def test_a_gzipped_export_holds_the_plain_one_and_loads_alike(exported, tmp_path):
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    gz = pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", compress=True)
+    assert gz == folder / "toy-gz.pt.gz" and not (folder / "toy-gz.pt").exists()
+    assert pretrained.manifest_path(gz) == folder / "toy-gz.json"
+    assert pretrained.list_pretrained() == ["toy", "toy-gz"]
+    manifest = pretrained.read_manifest("toy-gz")  # the sha256 and size of the file as stored
+    assert manifest["sha256"] == pretrained.sha256(gz) and manifest["size_bytes"] == gz.stat().st_size
+    assert gzip.decompress(gz.read_bytes()) == (folder / "toy.pt").read_bytes()
+    plain, packed = pretrained.load_pretrained("toy"), pretrained.load_pretrained("toy-gz")
+    from_path = pretrained.load_checkpoint_model(gz)
+    x, t = torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 5, 10, 19])
+    with torch.no_grad():
+        assert torch.equal(packed.eps(x, t), plain.eps(x, t))
+        assert torch.equal(from_path.eps(x, t), plain.eps(x, t))
+    with pytest.raises(ValueError, match="only the EMA weights"):
+        pretrained.load_checkpoint_model(gz, ema=False)
+
+
+def test_exports_are_deterministic(exported, tmp_path):
+    """The same checkpoint gives the same bytes (gzip's header holds no time, torch.save's archive
+    no temporary file name), so re-exporting a shipped model does not change its sha256."""
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    gz = pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", compress=True)
+    first = gz.read_bytes()
+    assert first[4:8] == bytes(4)  # gzip's MTIME field: 0 (else exports a second apart differ)
+    pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", force=True, compress=True)
+    pretrained.export_pretrained(run, "toy", {"test_loss": 1.0}, "pytest", "cpu", force=True)
+    assert gz.read_bytes() == first
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p != gz
+            and p.name != "toy-gz.json"} == before
+
+
+def test_a_corrupt_gz_is_refused_naming_it(exported, tmp_path):
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    gz = pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", compress=True)
+    gz.write_bytes(gz.read_bytes()[:-20])
+    with pytest.raises(ValueError, match="toy-gz.pt.gz does not match the sha256 in toy-gz.json"):
+        pretrained.load_pretrained("toy-gz")
+    # a manifest that vouches for the broken file: the gzip error, named, not a traceback
+    manifest = folder / "toy-gz.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
+                                    "sha256": pretrained.sha256(gz)}))
+    with pytest.raises(ValueError, match="toy-gz.pt.gz is not a readable gzip file.*EOFError"):
+        pretrained.load_checkpoint_model(gz)
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        pretrained.load_checkpoint_model(folder / "nope.pt.gz")
+
+
+def test_a_name_with_both_pt_and_pt_gz_is_refused(exported, tmp_path):
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", compress=True)
+    shutil.copy(folder / "toy.pt", folder / "toy-gz.pt")
+    assert pretrained.list_pretrained() == ["toy", "toy-gz"]
+    for load in (lambda: pretrained.load_pretrained("toy-gz"),
+                 lambda: pretrained.load_checkpoint_model(folder / "toy-gz.pt"),
+                 lambda: pretrained.load_checkpoint_model(folder / "toy-gz.pt.gz")):
+        with pytest.raises(ValueError, match="toy-gz.pt and toy-gz.pt.gz are both in"):
+            load()
+    # a forced export replaces both with one file, in the format it writes
+    weights = pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", force=True)
+    assert weights.name == "toy-gz.pt" and not (folder / "toy-gz.pt.gz").exists()
+    assert pretrained.load_pretrained("toy-gz").kind == "ddpm"
+
+
+def test_an_existing_gz_counts_as_an_existing_checkpoint(exported, tmp_path):
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", compress=True)
+    with pytest.raises(ValueError, match="toy-gz.pt.gz already exists.*force"):
+        pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu")
+    manifest = folder / "toy-gz.json"
+    manifest.write_text(manifest.read_text().replace('"kind": "ddpm"', '"kind": "joint"'))
+    with pytest.raises(ValueError, match="toy-gz.pt.gz is a shipped 'joint' checkpoint"):
+        pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", force=True)
+    manifest.unlink()  # weights without a manifest are never replaced either
+    with pytest.raises(ValueError, match="toy-gz.pt.gz is a shipped 'incomplete"):
+        pretrained.export_pretrained(run, "toy-gz", {}, "pytest", "cpu", force=True)
+
+
+def test_weights_over_the_threshold_are_gzipped(exported, tmp_path, monkeypatch):
+    run, folder = tmp_path / "run" / "last.pt", tmp_path / "checkpoints"
+    size = (folder / "toy.pt").stat().st_size
+    monkeypatch.setattr(pretrained, "COMPRESS_ABOVE", size)  # not over: plain
+    assert pretrained.export_pretrained(run, "at", {}, "pytest", "cpu").name == "at.pt"
+    monkeypatch.setattr(pretrained, "COMPRESS_ABOVE", size - 1)
+    assert pretrained.export_pretrained(run, "over", {}, "pytest", "cpu").name == "over.pt.gz"
+    assert pretrained.export_pretrained(run, "kept", {}, "pytest", "cpu",
+                                        compress=False).name == "kept.pt"
+    assert pretrained.load_pretrained("over").kind == "ddpm"
+
+
+def test_sample_cli_reads_a_gz(exported, tmp_path, tmp_path_factory):
+    from jdm.cli import main
+
+    gz = pretrained.export_pretrained(tmp_path / "run" / "last.pt", "toy-gz", {}, "pytest", "cpu",
+                                      compress=True)
+    out = tmp_path_factory.mktemp("out") / "grid.png"  # not inside JDM_DATA (refused)
+    assert main(["sample", "--checkpoint", str(gz), "--n", "4", "--ddim-steps", "2", "--out",
+                 str(out), "--no-progress"]) == 0
+    assert out.is_file()

@@ -20,15 +20,14 @@ In order, each phase with its own time limit, all inside ``--budget`` seconds of
 
 Everything produced lands in ``--out`` (``$OUT`` by default): ``report.json`` (every phase's
 command, status, seconds and log tail, the training runs with their manifests and images/s, the
-benchmark) and one ``NAME.pt`` per exported model (gzipped as ``NAME.pt.gz`` if over 16 MiB, the
-most a file may be to come back) — at most 5 files. The report is rewritten after every phase, so
+benchmark) and one ``NAME.pt`` per exported model (``NAME.pt.gz`` if over 15 MiB:
+``export_pretrained`` gzips it so that it stays under the 16 MiB a file may be to come back) — at most 5 files. The report is rewritten after every phase, so
 a run cut short still leaves what it did. Without CUDA it refuses to start (exit status 2) unless
 ``--dry-run``.
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 import importlib.util
 import json
 import os
@@ -395,7 +394,7 @@ def phase_train(run: Run, alpha_run: bool) -> None:
 def export_runs(run: Run, commands: dict, calib: dict, final: dict) -> dict[str, dict]:
     """Export each run's last checkpoint into ``--out`` as half-precision jdm weights, with the
     test metrics the CLI measured at that step (none if the run was stopped before measuring)."""
-    from jdm.pretrained import export_pretrained
+    from jdm.pretrained import export_pretrained, manifest_path
     from jdm.checkpoint import read_checkpoint
 
     exports = {}
@@ -412,20 +411,16 @@ def export_runs(run: Run, commands: dict, calib: dict, final: dict) -> dict[str,
             metrics["final_train_loss"] = round(log["history"][-1]["loss"], 5)
         weights = export_pretrained(checkpoint, name, metrics, log.get("command", shlex.join(cmd)),
                                     log.get("hardware", run.report["hardware"]), folder=run.out)
-        manifest_path = weights.with_suffix(".json")
-        manifest = json.loads(manifest_path.read_text())
-        manifest_path.unlink()  # kept in the report: at most 8 files come back
+        manifest_file = manifest_path(weights)
+        manifest = json.loads(manifest_file.read_text())
+        manifest_file.unlink()  # kept in the report: at most 8 files come back
         record = {"file": weights.name, "manifest": manifest,
                   "note": "" if log else f"stopped at step {step} before its test metrics",
                   "images_per_s": round(step * run.s.batch_size
                                         / max(manifest["train_seconds"], 1e-9), 1)}
-        if weights.stat().st_size > MAX_FILE_BYTES:
-            with weights.open("rb") as src, gzip.open(f"{weights}.gz", "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            weights.unlink()
-            record["file"] = f"{weights.name}.gz"
+        if weights.stat().st_size > MAX_FILE_BYTES:  # not even gzip brought it under the limit
             record["note"] += (f" {weights.name} is {manifest['size_bytes'] / 2**20:.1f} MiB, over "
-                               "the 16 MiB a file may be: gzipped here; gunzip to check its sha256")
+                               "the 16 MiB a file may be: it will not come back")
         exports[name] = record
     return exports
 
