@@ -20,7 +20,7 @@ def add_sample(subparsers) -> None:
         formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True,
                    help="checkpoint file written by 'jdm train' (e.g. runs/x/last.pt), or a "
-                        "shipped one (e.g. data/checkpoints/ddpm-fmnist-small.pt)")
+                        "shipped one (e.g. data/checkpoints/ddpm-fmnist-small.pt, or NAME.pt.gz)")
     p.add_argument("--n", type=COUNT, default=64, help="number of images")
     p.add_argument("--method", choices=["ddpm", "ddim"], default="ddim",
                    help="ddim: few deterministic steps (Song et al.); ddpm: ancestral, all T steps")
@@ -48,7 +48,7 @@ def run_sample(args: argparse.Namespace) -> int:
     check_output(args.out, "image")
     if args.checkpoint.is_dir():
         raise ValueError(f"--checkpoint {args.checkpoint} is a directory; pass a checkpoint file, "
-                         f"e.g. {args.checkpoint / 'last.pt'} or data/checkpoints/NAME.pt")
+                         f"e.g. {args.checkpoint / 'last.pt'} or data/checkpoints/NAME.pt(.gz)")
     device = get_device(args.device)
     model = load_checkpoint_model(args.checkpoint, ema=not args.raw, device=device)
     if not hasattr(model, "sample"):
