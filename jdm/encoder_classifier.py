@@ -113,7 +113,8 @@ class EncoderClassifier(nn.Module):
         at a time."""
         self._check_images(x, clean=True)
         with eval_mode(self):
-            return batched(self.classify, x, batch_size=batch_size)
+            return batched(self.classify, x, batch_size=batch_size,
+                           device=next(self.parameters()).device)
 
     def predict(self, x: Tensor, batch_size: int = INFERENCE_BATCH) -> Tensor:
         """Class indices (N,) long: ``logits(x).argmax(1)``."""

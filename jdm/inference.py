@@ -4,7 +4,7 @@ Every ``logits``/``predict``/``embed`` in the package goes through ``batched``, 
 batch size (``INFERENCE_BATCH``), one place that moves batches to the model's device and back to
 the CPU, and one progress bar:
 
-    logits = batched(model.classify, images)            # (N, K) on the CPU, the model's dtype
+    logits = batched(model.classify, images, device=device)   # (N, K) on the CPU, the model's dtype
 """
 from __future__ import annotations
 
@@ -27,18 +27,15 @@ def batched(fn: Callable[..., Tensor], x: Tensor, *args: Tensor, batch_size: int
 
     Args:
         fn: maps a batch (B, ...) (and the matching slices of ``args``) to (B, ...).
-        x: (N, ...) inputs, on any device; each batch moves to ``device`` (None: where
-            ``fn``'s module has its parameters, else stays where it is).
+        x: (N, ...) inputs, on any device; each batch moves to ``device`` (None: it stays where
+            it is).
         args: more (N, ...) tensors sliced alongside ``x`` (e.g. timesteps).
     Returns:
         (N, ...) on the CPU. Gradients are off; the caller sets eval mode (``jdm.sampling.eval_mode``).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if device is None:
-        module = getattr(fn, "__self__", fn)
-        params = module.parameters() if isinstance(module, torch.nn.Module) else iter(())
-        device = next(params, x).device
+    device = x.device if device is None else device
     out = [fn(x[i:i + batch_size].to(device), *(a[i:i + batch_size].to(device) for a in args)).cpu()
            for i in tqdm(range(0, x.shape[0], batch_size), desc=desc, disable=not progress,
                          leave=False)]
