@@ -147,6 +147,11 @@ def take_rows(rows: Tensor | None, *tensors: Tensor) -> tuple[Tensor, ...]:
     return tensors if rows is None else tuple(x[rows] for x in tensors)
 
 
+def take_tail(k: int, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """Each tensor's last ``k`` rows (a static slice: no sync), or the tensors as they are (k = 0)."""
+    return tuple(x[-k:] for x in tensors) if k else tensors
+
+
 MODEL_KINDS: dict[str, type[nn.Module]] = {"ddpm": DiffusionModel}
 """kind → class; jdm.joint adds "joint" and jdm.evaluator "evaluator" (both imported by jdm)."""
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .classifier import ClassifierHead
-from .diffusion import MODEL_KINDS, take_rows
+from .diffusion import MODEL_KINDS, take_rows, take_tail
 from .inference import INFERENCE_BATCH, batched
 from .inputs import check_images
 from .joint import augment_images
@@ -99,8 +99,7 @@ class EncoderClassifier(nn.Module):
         labelled = y >= 0
         x = augment_images(x0) if self.augment and self.training else x0
         x, y, labelled = take_rows(rows, x, y, labelled)
-        if labelled_tail:  # the rows before it are unlabelled: no forward pass for them
-            x, y, labelled = x[-labelled_tail:], y[-labelled_tail:], labelled[-labelled_tail:]
+        x, y, labelled = take_tail(labelled_tail, x, y, labelled)  # no forward pass for the rest
         count = labelled.sum().clamp(min=1)
         t = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
         logits = self.head(self.unet.encode(x, t))  # classify() without its scale check (a sync)

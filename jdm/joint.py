@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .classifier import ClassifierHead
-from .diffusion import MODEL_KINDS, DiffusionModel, take_rows
+from .diffusion import MODEL_KINDS, DiffusionModel, take_rows, take_tail
 from .inference import INFERENCE_BATCH, batched
 from .inputs import check_images, check_timesteps
 from .sampling import DEFAULT_CONDITIONAL_ETA, Guidance, eval_mode, guided_eps
@@ -217,7 +217,7 @@ class JointDiffusion(DiffusionModel):
             # the accuracy; a batch without labels gives 0 (the count is clamped to 1).
             x_c = augment_images(batch) if self.augment and self.training else batch
             x_c, y = take_rows(rows, x_c, y)
-            x_c, y_c = (x_c[-labelled_tail:], y[-labelled_tail:]) if labelled_tail else (x_c, y)
+            x_c, y_c = take_tail(labelled_tail, x_c, y)
             labelled = y_c >= 0
             count = labelled.sum().clamp(min=1)
             logits = self._logits(x_c, self._timesteps(0, x_c.shape[0], x0.device))
