@@ -14,9 +14,12 @@ weights files (``jdm-weights``) are ``jdm.pretrained``'s too.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -151,16 +154,24 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_file(path: Path):
-    """``torch.load(path, weights_only=True)`` onto the CPU, with a clear error for a missing,
-    truncated or foreign file."""
+    """``torch.load(path, weights_only=True)`` onto the CPU (a ``.gz`` file gunzipped in memory
+    first: shipped weights may be), with a clear error for a missing, truncated or foreign file."""
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a checkpoint file; pass the file inside it "
                          f"(e.g. {path / 'last.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one first (python -m jdm train "
                                 f"--out DIR writes DIR/last.pt) or pass the path of an existing one")
+    source = path
+    if path.name.endswith(".gz"):
+        try:
+            source = io.BytesIO(gzip.decompress(path.read_bytes()))
+        except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; EOF: truncated
+            raise ValueError(f"{path} is not a readable gzip file ({type(err).__name__}: {err}); "
+                             f"restore it (a shipped file: `git checkout -- {path}`) or export it "
+                             "again") from None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, garbage bytes, pickled code: all mean "unusable"
         raise ValueError(f"not a jdm checkpoint or corrupt: {path} ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); "

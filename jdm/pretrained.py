@@ -26,7 +26,6 @@ import gzip
 import io
 import json
 import re
-import zlib
 from pathlib import Path
 
 import torch
@@ -241,7 +240,7 @@ def verify_weights(path: Path, blob=None) -> dict:
     if sha256(path) != manifest["sha256"]:
         raise ValueError(f"{path} does not match the sha256 in {manifest_file.name}: the file is "
                          f"corrupt or was replaced; restore it with `git checkout -- {path}`")
-    blob = _read_weights(path) if blob is None else blob
+    blob = load_file(path) if blob is None else blob
     if not isinstance(blob, dict) or blob.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path} is not a jdm weights file (no format={WEIGHTS_FORMAT!r} entry)")
     if json_plain(blob.get("spec")) != json_plain(manifest["spec"]):
@@ -250,24 +249,6 @@ def verify_weights(path: Path, blob=None) -> dict:
                          f"them was edited or replaced; restore both with `git checkout -- "
                          f"{path.parent}`")
     return blob
-
-
-def _read_weights(path: Path):
-    """``torch.load(weights_only=True)`` of a weights file, gunzipped in memory first if it is a
-    ``.gz``; a file that does not unpack is a ``ValueError`` naming it."""
-    if not path.name.endswith(".gz"):
-        return load_file(path)
-    try:
-        data = gzip.decompress(path.read_bytes())
-    except (OSError, EOFError, zlib.error) as err:  # BadGzipFile is an OSError; EOF: truncated
-        raise ValueError(f"{path} is not a readable gzip file ({type(err).__name__}: {err}); "
-                         f"restore it with `git checkout -- {path}` or export it again") from None
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as err:  # as load_file: garbage or pickled code both mean "unusable"
-        raise ValueError(f"{path} unpacks to something that is not a jdm weights file "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                         ) from err
 
 
 def untrained_prefixes(spec: dict) -> tuple[str, ...]:
