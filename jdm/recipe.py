@@ -34,6 +34,8 @@ __all__ = ["RunConfig", "TrainJob", "train_run", "MODEL_CHOICES"]
 
 MODEL_CHOICES = ("ddpm", "joint", "classifier", "evaluator")
 _LABELLED = ("joint", "classifier")  # the models a label budget applies to
+_LABELS_ONLY = ("--labels-per-class, --label-fraction, --label-seed and --labelled-batch-size only "
+                "apply to --model joint or classifier")
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,7 @@ class RunConfig:
         if self.model not in _LABELLED and self.augment:
             raise ValueError("--augment only applies to --model joint or classifier")
         if self.model not in _LABELLED and (self.has_label_budget or self.label_seed is not None):
-            raise ValueError("--labels-per-class, --label-fraction, --label-seed and "
-                             "--labelled-batch-size only apply to --model joint or classifier")
+            raise ValueError(_LABELS_ONLY)
         if self.labels_per_class is not None and self.label_fraction is not None:
             raise ValueError("give --labels-per-class or --label-fraction, not both")
         if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
@@ -135,8 +136,7 @@ class RunConfig:
 
     def check_train_config(self, config: TrainConfig) -> None:
         if config.labelled_batch_size and self.model not in _LABELLED:
-            raise ValueError("--labels-per-class, --label-fraction, --label-seed and "
-                             "--labelled-batch-size only apply to --model joint or classifier")
+            raise ValueError(_LABELS_ONLY)
 
     def build_model(self) -> nn.Module:
         """The untrained model (checks that the preset fits the dataset's images first)."""
